@@ -1,0 +1,387 @@
+"""The `riskscore` command line."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import redis
+
+from scoring import demo as demo_scenario
+from scoring.capability import check_capabilities
+from scoring import replay as replay_mod
+from scoring.embedded import find_running, redis_urls
+from scoring.errors import RiskscoreError
+from scoring.keys import Keys
+from scoring.lists import ListFormat, guess_format, read_blocklist, read_history
+from scoring.loads import load_blocklist, load_history
+from scoring.settings import Settings, get_settings, load_settings
+from scoring.stack import Stack, wait_until
+from scoring.store import connect, ensure_group
+
+log = logging.getLogger("scoring.cli")
+
+
+def configure_logging(level: str) -> None:
+    """Send log records of `level` and above to standard error, one line each."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def stack_env(settings: Settings, data_url: str, broker_url: str) -> dict[str, str]:
+    """Return the environment that points child processes at the same server and keys."""
+    return {
+        "RISK_REDIS_URL": data_url,
+        "RISK_BROKER_URL": broker_url,
+        "RISK_KEY_PREFIX": settings.key_prefix,
+        "RISK_STREAM": settings.stream,
+        "RISK_CONSUMER_GROUP": settings.consumer_group,
+    }
+
+
+@contextmanager
+def connected(settings: Settings, *, ephemeral: bool = False) -> Iterator[tuple[redis.Redis, str, str]]:
+    """Yield a checked client and the data and broker URLs for the configured or embedded server."""
+    with redis_urls(settings, ephemeral=ephemeral) as (data_url, broker_url):
+        client = connect(data_url)
+        try:
+            check_capabilities(client)
+            yield client, data_url, broker_url
+        finally:
+            client.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Least severe log level printed to standard error.",
+)
+def cli(log_level: str) -> None:
+    """Real-time transaction risk scoring on Redis Streams, RedisBloom and Celery.
+
+    Settings come from RISK_* environment variables and a .env file. With RISK_REDIS_URL unset,
+    commands use the embedded server that `riskscore run` started, or start one themselves.
+    """
+    configure_logging(log_level.upper())
+
+
+@cli.command()
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, help="Seconds to wait for the outcomes.")
+def demo(timeout_s: float) -> None:
+    """Run the prototype's scenario through a real worker and beat, and print the four hashes.
+
+    The scenario uses its own keys (prefix riskscore-demo) and, unless RISK_REDIS_URL is set, a
+    throwaway embedded server, so it never touches other data.
+    """
+    settings = load_settings(key_prefix="riskscore-demo", stream="riskscore-demo:transactions")
+    keys = Keys.from_settings(settings)
+    with connected(settings, ephemeral=True) as (client, data_url, broker_url):
+        demo_scenario.seed(client, keys, settings.tdigest_compression)
+        ensure_group(client, keys)
+        click.echo(f"Seeded 3 user histories, {len(demo_scenario.BAD_IPS)} bad IPs and 4 transactions.")
+        with tempfile.TemporaryDirectory(prefix="riskscore-demo-") as workdir:
+            with Stack(env=stack_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
+                stack.start_worker(concurrency=2)
+                stack.start_beat()
+                click.echo("Started a Celery worker and beat; waiting for the drain to score the stream...")
+                started = time.monotonic()
+                done = wait_until(lambda: demo_scenario.all_scored(client, keys), timeout_s, stack=stack)
+                elapsed = time.monotonic() - started
+                if not done:
+                    worker_log = Path(workdir) / "worker.log"
+                    tail = worker_log.read_text(errors="replace")[-3000:] if worker_log.exists() else ""
+                    raise click.ClickException(f"not all transactions were scored within {timeout_s:.0f} s\n{tail}")
+        outcomes = demo_scenario.read_outcomes(client, keys)
+    click.echo(f"All four scored in {elapsed:.1f} s (including worker start-up).\n")
+    for tx_id, fields in outcomes.items():
+        click.echo(f"{keys.transaction(tx_id)}")
+        for name in sorted(fields):
+            click.echo(f"  {name:15} {fields[name]}")
+    problems = demo_scenario.matches_expected(outcomes)
+    if problems:
+        raise click.ClickException("outcomes differ from the prototype:\n" + "\n".join(problems))
+    click.echo("\nOutcomes match the prototype: tx_1001 Approved, tx_1002 risk 1, tx_1003 Approved, tx_1004 risk 1.")
+
+
+def _flower_password(settings: Settings) -> tuple[str, str]:
+    """Return (password, where it comes from), generating and storing one when none is set."""
+    if settings.flower_password is not None:
+        return settings.flower_password.get_secret_value(), "RISK_FLOWER_PASSWORD"
+    path = settings.data_dir / "flower-password"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(secrets.token_urlsafe(18) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip(), str(path)
+
+
+@cli.command()
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes of the Celery worker.")
+@click.option("--flower/--no-flower", default=True, show_default=True, help="Start Flower on 127.0.0.1.")
+@click.option("--loglevel", default="INFO", show_default=True, help="Log level of the Celery processes.")
+def run(concurrency: int, flower: bool, loglevel: str) -> None:
+    """Run the whole local stack in the foreground: server, worker, beat and Flower.
+
+    Ctrl-C stops beat, then the worker (after its running tasks), then Flower and the server.
+    """
+    settings = get_settings()
+    keys = Keys.from_settings(settings)
+    with connected(settings) as (client, data_url, broker_url):
+        ensure_group(client, keys)
+        where = "embedded server" if settings.redis_url is None else "configured server"
+        click.echo(f"Using the {where}; stream {keys.stream!r}, consumer group {keys.consumer_group!r}.")
+        workdir = settings.data_dir
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stack = Stack(env=stack_env(settings, data_url, broker_url), workdir=workdir)
+        try:
+            stack.start_worker(concurrency=concurrency, loglevel=loglevel)
+            stack.start_beat(loglevel=loglevel)
+            if flower:
+                password, source = _flower_password(settings)
+                stack.start_flower(settings.flower_port, settings.flower_user, password)
+                click.echo(
+                    f"Flower: http://127.0.0.1:{settings.flower_port} "
+                    f"(user {settings.flower_user!r}, password from {source})"
+                )
+            click.echo("Running. Press Ctrl-C to stop.")
+            while True:
+                stack.check_alive()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            click.echo("\nStopping...")
+        finally:
+            stack.stop()
+    click.echo("Stopped.")
+
+
+@cli.command("load-blocklist")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in ListFormat]),
+    default=None,
+    help="List format; guessed from the content when omitted.",
+)
+@click.option("--min-count", default=1, show_default=True, help="ipsum lists: minimum blacklist count of an IP.")
+def load_blocklist_command(files: tuple[Path, ...], fmt: str | None, min_count: int) -> None:
+    """Add the single addresses of IP blocklist FILES to the Bloom filter.
+
+    Ranges (CIDR lines) are counted and reported as skipped: the Bloom filter holds exact
+    addresses only.
+    """
+    settings = get_settings()
+    keys = Keys.from_settings(settings)
+    with connected(settings) as (client, _data_url, _broker_url):
+        for path in files:
+            list_format = ListFormat(fmt) if fmt else guess_format(path)
+            parsed = read_blocklist(path, list_format, min_count=min_count)
+            with click.progressbar(length=len(parsed.addresses), label=f"Loading {path.name}") as bar:
+                added = load_blocklist(
+                    client,
+                    keys,
+                    parsed.addresses,
+                    error_rate=settings.bloom_error_rate,
+                    capacity=settings.bloom_capacity,
+                    progress=bar.update,
+                )
+            click.echo(f"{path} ({list_format.value}): {parsed.summary()}")
+            click.echo(f"  {added} addresses new to the filter; {len(parsed.networks)} ranges skipped (CIDR)")
+
+
+@cli.command("load-history")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--user-column", default="user_id", show_default=True, help="CSV column with the user id.")
+@click.option("--amount-column", default="amount", show_default=True, help="CSV column with the amount.")
+@click.option("--replace", is_flag=True, help="Replace these users' digests instead of adding to them.")
+def load_history_command(file: Path, user_column: str, amount_column: str, replace: bool) -> None:
+    """Add per-user amounts from a CSV FILE to the users' T-Digests."""
+    settings = get_settings()
+    keys = Keys.from_settings(settings)
+    parsed = read_history(file, user_column=user_column, amount_column=amount_column)
+    total = sum(len(amounts) for amounts in parsed.amounts_by_user.values())
+    with connected(settings) as (client, _data_url, _broker_url):
+        with click.progressbar(length=total, label=f"Loading {file.name}") as bar:
+            load_history(
+                client,
+                keys,
+                parsed.amounts_by_user,
+                compression=settings.tdigest_compression,
+                replace=replace,
+                progress=bar.update,
+            )
+    click.echo(f"{file}: {total} amounts for {len(parsed.amounts_by_user)} users; {parsed.invalid} invalid rows skipped")
+    for line_number, row, reason in parsed.invalid_examples:
+        click.echo(f"  line {line_number}: {reason}: {row}")
+
+
+@cli.command()
+@click.argument("transactions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV of past amounts per user, loaded before the replay.")
+@click.option("--history-user-column", default="user_id", show_default=True, help="User column of the --history file.")
+@click.option("--history-amount-column", default="amount", show_default=True, help="Amount column of the --history file.")
+@click.option("--blocklist", "blocklists", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="IP blocklist file to load first; repeatable.")
+@click.option("--min-count", default=1, show_default=True, help="ipsum blocklists: minimum blacklist count of an IP.")
+@click.option("--map", "mappings", multiple=True, metavar="FIELD=COLUMN", help="Read FIELD (tx_id, user_id, amount, ip) from COLUMN; repeatable.")
+@click.option("--carry", multiple=True, metavar="COLUMN", help="Copy COLUMN from the input into the output; repeatable.")
+@click.option("--label", metavar="COLUMN", help="Column with a fraud label (1/true/yes): the summary compares it with the outcome. Implies --carry.")
+@click.option("--sort-by", metavar="COLUMN", help="Replay rows in the order of COLUMN (numeric when all values are numbers).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Output CSV; default: TRANSACTIONS with .outcomes.csv.")
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.option("--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for every outcome.")
+@click.option("--keep", is_flag=True, help="Keep the replay's keys on the server instead of deleting them.")
+def replay(
+    transactions: Path,
+    history_file: Path | None,
+    history_user_column: str,
+    history_amount_column: str,
+    blocklists: tuple[Path, ...],
+    min_count: int,
+    mappings: tuple[str, ...],
+    carry: tuple[str, ...],
+    label: str | None,
+    sort_by: str | None,
+    out_file: Path | None,
+    concurrency: int,
+    timeout_s: float,
+    keep: bool,
+) -> None:
+    """Push TRANSACTIONS (CSV, or JSON Lines as .jsonl) through the real pipeline.
+
+    Rows become stream entries in a key namespace of their own, a Celery worker and beat score
+    them, and every row's outcome is written to the output CSV. Approved amounts feed the users'
+    digests as in live scoring, so with --sort-by on a time column each transaction is judged
+    against the same user's earlier approved ones.
+    """
+    mapping = replay_mod.parse_mapping(mappings)
+    carried = list(dict.fromkeys([*carry, *([label] if label else [])]))
+    rows = list(replay_mod.read_rows(transactions))
+    if not rows:
+        raise click.ClickException(f"{transactions}: no rows")
+    if sort_by:
+        rows = replay_mod.sort_rows(rows, sort_by)
+    entries = replay_mod.build_entries(rows, mapping, carried)
+    out_path = out_file or transactions.with_suffix(".outcomes.csv")
+
+    prefix = replay_mod.new_namespace()
+    settings = load_settings(key_prefix=prefix, stream=f"{prefix}:transactions")
+    keys = Keys.from_settings(settings)
+    with connected(settings, ephemeral=settings.redis_url is None and find_running(settings.data_dir) is None) as (
+        client,
+        data_url,
+        broker_url,
+    ):
+        try:
+            _replay_loads(client, keys, settings, history_file, history_user_column, history_amount_column, blocklists, min_count)
+            ensure_group(client, keys)
+            with tempfile.TemporaryDirectory(prefix="riskscore-replay-") as workdir:
+                with Stack(env=stack_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
+                    stack.start_worker(concurrency=concurrency)
+                    stack.start_beat()
+                    started = time.monotonic()
+                    with click.progressbar(length=len(entries), label="Adding to the stream") as bar:
+                        stream_ids = replay_mod.add_entries(client, keys, entries, progress=bar.update)
+                    done = _wait_for_outcomes(client, keys, len(entries), timeout_s, stack)
+                    elapsed = time.monotonic() - started
+                    if not done:
+                        raise click.ClickException(f"not every row had an outcome after {timeout_s:.0f} s; worker log: {Path(workdir) / 'worker.log'}")
+            outcomes = replay_mod.collect_outcomes(client, keys, entries, stream_ids)
+        finally:
+            if not keep:
+                replay_mod.delete_namespace(client, prefix)
+    replay_mod.write_output(out_path, outcomes, rows, carried)
+    _print_summary(replay_mod.summarize(outcomes, rows, label), elapsed, out_path, prefix if keep else None)
+
+
+def _replay_loads(
+    client: redis.Redis,
+    keys: Keys,
+    settings: Settings,
+    history_file: Path | None,
+    user_column: str,
+    amount_column: str,
+    blocklists: tuple[Path, ...],
+    min_count: int,
+) -> None:
+    for path in blocklists:
+        list_format = guess_format(path)
+        parsed = read_blocklist(path, list_format, min_count=min_count)
+        load_blocklist(client, keys, parsed.addresses, error_rate=settings.bloom_error_rate, capacity=settings.bloom_capacity)
+        click.echo(f"Blocklist {path.name} ({list_format.value}): {parsed.summary()}")
+    if history_file:
+        history = read_history(history_file, user_column=user_column, amount_column=amount_column)
+        total = load_history(client, keys, history.amounts_by_user, compression=settings.tdigest_compression)
+        click.echo(f"History {history_file.name}: {total} amounts for {len(history.amounts_by_user)} users")
+
+
+def _wait_for_outcomes(client: redis.Redis, keys: Keys, total: int, timeout_s: float, stack: Stack) -> bool:
+    with click.progressbar(length=total, label="Scoring") as bar:
+        shown = 0
+
+        def finished() -> bool:
+            nonlocal shown
+            delivered, pending = replay_mod.group_progress(client, keys)
+            done = max(delivered - pending, 0)
+            bar.update(done - shown)
+            shown = done
+            return done >= total
+
+        return wait_until(finished, timeout_s, interval_s=0.2, stack=stack)
+
+
+def _print_summary(summary: replay_mod.Summary, elapsed_s: float, out_path: Path, kept_prefix: str | None) -> None:
+    click.echo(f"\n{summary.rows} rows scored in {elapsed_s:.1f} s ({summary.rows / elapsed_s:,.0f} rows/s, including worker start-up)")
+    for outcome, count in summary.outcomes.most_common():
+        click.echo(f"  {outcome:12} {count:8,}")
+    if summary.reasons:
+        click.echo("Reasons:")
+        for reason, count in summary.reasons.most_common():
+            click.echo(f"  {reason:24} {count:8,}")
+    if summary.confusion:
+        c = summary.confusion
+        frauds = c["fraud_flagged"] + c["fraud_approved"]
+        legit = c["legitimate_flagged"] + c["legitimate_approved"]
+        click.echo("Against the label:")
+        click.echo(f"  labelled fraud flagged       {c['fraud_flagged']:6,} of {frauds:,}")
+        click.echo(f"  labelled legitimate flagged  {c['legitimate_flagged']:6,} of {legit:,}")
+    click.echo(f"Outcomes written to {out_path}")
+    if kept_prefix:
+        click.echo(f"Keys kept under {kept_prefix}:*")
+
+
+@cli.command()
+@click.argument("tx_id")
+def show(tx_id: str) -> None:
+    """Print the hash of transaction TX_ID."""
+    settings = get_settings()
+    keys = Keys.from_settings(settings)
+    with connected(settings) as (client, _data_url, _broker_url):
+        fields = client.hgetall(keys.transaction(tx_id))
+    if not fields:
+        raise click.ClickException(f"no transaction {tx_id!r} (key {keys.transaction(tx_id)!r} does not exist)")
+    for name, value in sorted(fields.items()):
+        click.echo(f"{name.decode(errors='replace'):15} {value.decode(errors='replace')}")
+
+
+def main() -> None:
+    """Run the command line, turning riskscore errors into one-line messages and exit code 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except RiskscoreError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(1)

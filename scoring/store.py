@@ -1,0 +1,266 @@
+"""Redis data access: the stream and its consumer group, batch reads, outcome writes, loads.
+
+redis-py errors that callers are expected to handle are converted to riskscore errors here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from scoring.keys import Keys
+from scoring.model import decode_text
+from scoring.rules import History
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, dict[str, str]]
+"""A stream entry: its id and its fields, decoded with `decode_text`."""
+
+
+def connect(url: str) -> redis.Redis:
+    """Return a client for `url` that retries briefly on connection errors and timeouts."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, socket.timeout],
+    )
+
+
+def _decode_entries(raw: Iterable[tuple[bytes, Mapping[bytes, bytes] | None]]) -> list[Entry]:
+    entries = []
+    for entry_id, fields in raw:
+        # XAUTOCLAIM and XREADGROUP on a deleted entry return it with no fields (None).
+        decoded = {decode_text(k): decode_text(v) for k, v in (fields or {}).items()}
+        entries.append((decode_text(entry_id), decoded))
+    return entries
+
+
+# --- the stream -----------------------------------------------------------------------------------
+
+
+def ensure_group(client: redis.Redis, keys: Keys) -> bool:
+    """Create the consumer group at the start of the stream; return False if it already existed.
+
+    Starting at id 0 means a backlog that arrived before the group existed is scored too.
+    """
+    try:
+        client.xgroup_create(keys.stream, keys.consumer_group, id="0", mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" in str(error):
+            return False
+        raise
+    log.info("created consumer group %r on stream %r", keys.consumer_group, keys.stream)
+    return True
+
+
+def read_new(client: redis.Redis, keys: Keys, consumer: str, count: int, block_ms: int | None = None) -> list[Entry]:
+    """Read up to `count` entries never delivered to any consumer of the group.
+
+    The server delivers each new entry to exactly one reader, which is why two drains running at
+    the same time never read the same entry.
+    """
+    reply = client.xreadgroup(keys.consumer_group, consumer, {keys.stream: ">"}, count=count, block=block_ms)
+    entries: list[Entry] = []
+    for _stream, raw in reply or []:  # RESP2 reply: [[stream, [(id, fields), ...]]]
+        entries.extend(_decode_entries(raw))
+    return entries
+
+
+def reclaim(client: redis.Redis, keys: Keys, consumer: str, idle_ms: int, count: int) -> tuple[list[Entry], list[str]]:
+    """Claim entries pending longer than `idle_ms`; return (entries, ids of deleted entries).
+
+    XAUTOCLAIM is called with its cursor until the cursor returns to 0-0 or `count` entries are
+    claimed. Since Redis 7 its reply also lists claimed ids whose entries were deleted (trimmed):
+    those are removed from the pending list by the server and returned here to be recorded.
+    """
+    claimed: list[Entry] = []
+    deleted: list[str] = []
+    cursor = "0-0"
+    while len(claimed) < count:
+        reply = client.xautoclaim(
+            keys.stream, keys.consumer_group, consumer, min_idle_time=idle_ms, start_id=cursor, count=count - len(claimed)
+        )
+        cursor = decode_text(reply[0]) if isinstance(reply[0], bytes) else str(reply[0])
+        for entry_id, fields in reply[1]:
+            if fields is None:
+                deleted.append(decode_text(entry_id))
+            else:
+                claimed.extend(_decode_entries([(entry_id, fields)]))
+        if len(reply) > 2:
+            deleted.extend(decode_text(i) for i in reply[2])
+        if cursor == "0-0":
+            break
+    return claimed, deleted
+
+
+def record_lost(client: redis.Redis, keys: Keys, entry_ids: Sequence[str]) -> None:
+    """Dead-letter entries that were pending but deleted from the stream before being scored."""
+    if not entry_ids:
+        return
+    pipe = client.pipeline(transaction=True)
+    for entry_id in entry_ids:
+        pipe.xadd(keys.dead_letter, {"reason": "entry_lost", "detail": "entry deleted before it was scored", "source_id": entry_id})
+        pipe.xack(keys.stream, keys.consumer_group, entry_id)
+    pipe.execute()
+    log.warning("recorded %d pending entries deleted from stream %r as lost", len(entry_ids), keys.stream)
+
+
+def fetch_entries(client: redis.Redis, keys: Keys, entry_ids: Sequence[str]) -> list[Entry]:
+    """Return the entries with these ids, in order, skipping ids no longer in the stream."""
+    pipe = client.pipeline(transaction=False)
+    for entry_id in entry_ids:
+        pipe.xrange(keys.stream, entry_id, entry_id, count=1)
+    found: list[Entry] = []
+    for reply in pipe.execute():
+        found.extend(_decode_entries(reply))
+    return found
+
+
+# --- batch reads ----------------------------------------------------------------------------------
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bytes):
+        value = value.decode()
+    return float(value)  # type: ignore[arg-type]
+
+
+def _observations(info: object) -> int:
+    if isinstance(info, dict):
+        items = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
+    else:
+        flat = list(info)  # type: ignore[call-overload]
+        items = {(k.decode() if isinstance(k, bytes) else k): v for k, v in zip(flat[::2], flat[1::2])}
+    return int(_number(items.get("Observations", 0)))
+
+
+def read_batch_state(
+    client: redis.Redis, keys: Keys, ips: Sequence[str], user_ids: Iterable[str], quantile: float
+) -> tuple[list[bool], dict[str, History]]:
+    """Read Bloom membership of `ips` and each user's history in one round trip.
+
+    A missing digest makes TDIGEST.INFO and TDIGEST.QUANTILE fail; that means "no history". A
+    quantile that is NaN (RedisBloom returns it for one observation or none) becomes None.
+    """
+    users = list(dict.fromkeys(user_ids))
+    pipe = client.pipeline(transaction=False)
+    if ips:
+        pipe.execute_command("BF.MEXISTS", keys.blocklist, *ips)
+    for user in users:
+        pipe.execute_command("TDIGEST.INFO", keys.history(user))
+        pipe.execute_command("TDIGEST.QUANTILE", keys.history(user), quantile)
+    replies = pipe.execute(raise_on_error=False)
+
+    listed: list[bool] = []
+    if ips:
+        membership = replies.pop(0)
+        if isinstance(membership, Exception):
+            raise membership
+        listed = [bool(int(flag)) for flag in membership]
+
+    histories: dict[str, History] = {}
+    for index, user in enumerate(users):
+        info, quantiles = replies[2 * index], replies[2 * index + 1]
+        if isinstance(info, redis.ResponseError) or isinstance(quantiles, redis.ResponseError):
+            if "does not exist" not in str(info) + str(quantiles):
+                raise info if isinstance(info, Exception) else quantiles  # type: ignore[misc]
+            histories[user] = History(count=0, quantile=None)
+            continue
+        value = _number(quantiles[0])
+        histories[user] = History(count=_observations(info), quantile=value if math.isfinite(value) else None)
+    return listed, histories
+
+
+# --- writes ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class OutcomeRecord:
+    """One entry's outcome, as the write script takes it."""
+
+    stream_id: str
+    kind: str  # "score" or "invalid"
+    tx_key: str | None
+    history_key: str | None
+    approved: bool
+    amount: str
+    reason: str
+    detail: str
+    original: Mapping[str, str]
+    computed: Mapping[str, str]
+
+
+def _script_source() -> str:
+    return resources.files("scoring").joinpath("write_outcomes.lua").read_text(encoding="utf-8")
+
+
+class OutcomeWriter:
+    """Writes batch outcomes with the `write_outcomes.lua` script (one round trip per batch)."""
+
+    # NOTE: Lua's unpack() takes about 8,000 values, so a dead-lettered entry keeps at most this many
+    # original fields; the model rejects entries with more fields than settings allow well below it.
+    MAX_FIELDS = 1000
+
+    def __init__(self, client: redis.Redis, keys: Keys, compression: int) -> None:
+        self._client = client
+        self._keys = keys
+        self._compression = compression
+        self._script = client.register_script(_script_source())
+
+    def write(self, records: Sequence[OutcomeRecord]) -> list[str]:
+        """Write outcomes and acknowledge the entries; return each record's status."""
+        if not records:
+            return []
+        key_index: dict[str, int] = {self._keys.stream: 1, self._keys.dead_letter: 2}
+
+        def index_of(key: str | None) -> int:
+            if key is None:
+                return 0
+            return key_index.setdefault(key, len(key_index) + 1)
+
+        scored_at = utc_now_iso()
+        args: list[str | bytes | int] = [self._keys.consumer_group, self._compression, scored_at, len(records)]
+        for record in records:
+            args += [
+                record.stream_id,
+                record.kind,
+                index_of(record.tx_key),
+                index_of(record.history_key),
+                "1" if record.approved else "0",
+                record.amount,
+                record.reason,
+                record.detail,
+            ]
+            for pairs in (list(record.original.items())[: self.MAX_FIELDS], list(record.computed.items())):
+                args.append(len(pairs))
+                for name, value in pairs:
+                    # Values may carry undecodable bytes as lone surrogates; restore the bytes.
+                    args += [name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")]
+        keys_in_order = sorted(key_index, key=key_index.__getitem__)
+        statuses = self._script(keys=keys_in_order, args=args)
+        return [s.decode() if isinstance(s, bytes) else s for s in statuses]
+
+
+def utc_now_iso() -> str:
+    """Return the current UTC time in ISO 8601 with milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def chunked(items: Sequence[object], size: int) -> Iterator[Sequence[object]]:
+    """Yield consecutive slices of `items` of at most `size` elements."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,6 @@
+"""The Celery app. Its configuration is read from `tasks.celeryconfig` on first use, not at import."""
+
+from celery import Celery
+
+app = Celery("riskscore", include=["tasks.pipeline"])
+app.config_from_object("tasks.celeryconfig")

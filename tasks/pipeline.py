@@ -1,0 +1,112 @@
+"""The pipeline's tasks: the beat-scheduled drain and the batch scoring it fans out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+
+import redis
+from celery import shared_task
+
+from scoring.capability import check_capabilities
+from scoring.engine import BatchScorer
+from scoring.keys import Keys
+from scoring.settings import get_settings
+from scoring.store import Entry, chunked, connect, ensure_group, read_new, reclaim, record_lost, utc_now_iso
+
+log = logging.getLogger(__name__)
+
+_client: redis.Redis | None = None
+_client_pid: int | None = None
+_scorer: BatchScorer | None = None
+_group_ready = False
+
+
+def data_client() -> redis.Redis:
+    """Return this process's data-server client, made after fork and checked once."""
+    global _client, _client_pid, _scorer, _group_ready
+    if _client is None or _client_pid != os.getpid():
+        from tasks.celeryconfig import _data_url  # resolved once per process with the broker URL
+
+        _client = connect(_data_url)
+        check_capabilities(_client)
+        _client_pid = os.getpid()
+        _scorer = None
+        _group_ready = False
+    return _client
+
+
+def scorer() -> BatchScorer:
+    """Return this process's batch scorer."""
+    global _scorer
+    if _scorer is None:
+        _scorer = BatchScorer(data_client(), get_settings())
+    return _scorer
+
+
+@shared_task(name="riskscore.score_batch", ignore_result=True)
+def score_batch(entries: Sequence[Sequence[object]]) -> dict[str, int]:
+    """Score a batch of stream entries, given as [entry id, {field: value}] pairs."""
+    batch: list[Entry] = [(str(entry_id), dict(fields)) for entry_id, fields in entries]  # type: ignore[call-overload]
+    result = scorer().score(batch)
+    log.debug("scored batch size=%d %s", len(batch), result.as_dict())
+    return result.as_dict()
+
+
+def _fan_out(entries: list[Entry], batch_size: int) -> int:
+    if not entries:
+        return 0
+    sent = 0
+    with score_batch.app.producer_or_acquire() as producer:
+        for chunk in chunked(entries, batch_size):
+            score_batch.apply_async(args=[[list(entry) for entry in chunk]], producer=producer)
+            sent += 1
+    return sent
+
+
+@shared_task(name="riskscore.drain", ignore_result=True)
+def drain() -> dict[str, int]:
+    """Read new and stale entries from the consumer group and send them out in batches.
+
+    Entries read here stay pending in the group until `score_batch` acknowledges them after
+    writing their outcome. Pending entries idle longer than `reclaim_idle_s` (a lost task, a
+    killed worker) are claimed again and resent, so no entry is lost.
+    """
+    global _group_ready
+    settings = get_settings()
+    client = data_client()
+    keys = Keys.from_settings(settings)
+    if not _group_ready:
+        ensure_group(client, keys)
+        _group_ready = True
+
+    consumer = f"drain@{socket.gethostname()}"
+    started = time.monotonic()
+    deadline = started + settings.drain_budget_s
+    read_size = settings.batch_size * 10
+
+    claimed, deleted = reclaim(client, keys, consumer, int(settings.reclaim_idle_s * 1000), read_size)
+    record_lost(client, keys, deleted)
+    if claimed:
+        log.warning("reclaimed %d entries idle over %.0f s", len(claimed), settings.reclaim_idle_s)
+    tasks_sent = _fan_out(claimed, settings.batch_size)
+
+    read = 0
+    while time.monotonic() < deadline:
+        entries = read_new(client, keys, consumer, read_size)
+        if not entries:
+            break
+        read += len(entries)
+        tasks_sent += _fan_out(entries, settings.batch_size)
+
+    stats = {"read": read, "reclaimed": len(claimed), "lost": len(deleted), "tasks": tasks_sent}
+    client.hset(
+        keys.drain_heartbeat,
+        mapping={**stats, "at": utc_now_iso(), "elapsed_ms": int((time.monotonic() - started) * 1000)},
+    )
+    if read or claimed:
+        log.info("drain read=%d reclaimed=%d lost=%d tasks=%d", read, len(claimed), len(deleted), tasks_sent)
+    return stats
