@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sys
 import tempfile
@@ -119,8 +120,10 @@ def _flower_password(settings: Settings) -> tuple[str, str]:
     path = settings.data_dir / "flower-password"
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(secrets.token_urlsafe(18) + "\n")
-        path.chmod(0o600)
+        # Created with mode 0600 from the start, so the password is never readable by others.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(18) + "\n")
     return path.read_text().strip(), str(path)
 
 

@@ -760,8 +760,9 @@ def redis_urls(settings: Settings, *, ephemeral: bool = False) -> Iterator[tuple
 
     Order: the configured RISK_REDIS_URL (with RISK_BROKER_URL or database RISK_BROKER_DB on the
     same server), then a persistent embedded server already running in data_dir, then a new
-    embedded server that this block owns. With ephemeral=True, a configured URL still wins, and
-    otherwise a new throwaway server is started even if one is running in data_dir.
+    embedded server that this block owns. RISK_BROKER_URL, when set, is the broker URL in every
+    case. With ephemeral=True, a configured URL still wins, and otherwise a new throwaway server
+    is started even if one is running in data_dir.
     """
     configured = _configured_urls(settings)
     if configured is not None:

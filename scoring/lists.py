@@ -348,9 +348,10 @@ def _history_row(row: list[str], width: int, user_index: int, amount_index: int)
 
 
 def _csv_text(row: list[str]) -> str:
+    # With lineterminator="", the writer would leave fields that contain line breaks unquoted.
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(row)
-    return buffer.getvalue()
+    csv.writer(buffer, lineterminator="\n").writerow(row)
+    return buffer.getvalue().removesuffix("\n")
 
 
 def _without_bom(lines: Iterable[str]) -> Iterator[str]:

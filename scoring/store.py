@@ -31,6 +31,8 @@ def connect(url: str) -> redis.Redis:
     """Return a client for `url` that retries briefly on connection errors and timeouts."""
     return redis.Redis.from_url(
         url,
+        # RESP2 fixes the reply shapes this module parses across redis-py 5 to 8 (8 defaults to RESP3).
+        protocol=2,
         socket_connect_timeout=5,
         socket_timeout=30,
         socket_keepalive=True,

@@ -352,6 +352,12 @@ def test_history_invalid_rows_reported():
     assert parsed.invalid_examples[6][1] == 'u4,"1,200.50"'
 
 
+def test_history_multiline_row_example():
+    parsed = parse_history(["user_id,note,amount\n", 'u1,"a\n', 'b",x\n', "u2,c,1\n"])
+    assert parsed.invalid_examples == [(3, 'u1,"a\nb",x', "amount is not a plain decimal number: 'x'")]
+    assert parsed.amounts_by_user == {"u2": [1.0]}
+
+
 def test_history_custom_columns_with_spaces():
     parsed = parse_history(["Account ID , IP Address,Amt\n", "AC1,1.2.3.4,5\n"], user_column="Account ID", amount_column="Amt")
     assert parsed.amounts_by_user == {"AC1": [5.0]}
