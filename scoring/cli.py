@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -18,13 +19,14 @@ import redis
 from scoring import demo as demo_scenario
 from scoring.capability import check_capabilities
 from scoring import replay as replay_mod
-from scoring.embedded import find_running, redis_urls
+from scoring.embedded import find_running, redis_urls, resolve_running_urls
 from scoring.errors import RiskscoreError
 from scoring.keys import Keys
 from scoring.lists import ListFormat, guess_format, read_blocklist, read_history
 from scoring.loads import load_blocklist, load_history
 from scoring.settings import Settings, get_settings, load_settings
 from scoring.stack import Stack, wait_until
+from scoring.status import collect_status
 from scoring.store import connect, ensure_group
 
 log = logging.getLogger("scoring.cli")
@@ -359,6 +361,70 @@ def _print_summary(summary: replay_mod.Summary, elapsed_s: float, out_path: Path
     click.echo(f"Outcomes written to {out_path}")
     if kept_prefix:
         click.echo(f"Keys kept under {kept_prefix}:*")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--ping-timeout", default=1.0, show_default=True, help="Seconds to wait for workers to answer a ping.")
+@click.option("--check", is_flag=True, help="Exit with code 2 when a problem is found (for health checks).")
+def status(as_json: bool, ping_timeout: float, check: bool) -> None:
+    """Show the pipeline's health: stream, consumer group lag and pending entries, outcomes,
+    dead letters, duplicates, the last drain, broker queues and the workers that answer a ping.
+
+    It never starts a server: it reports on the configured one or on the running embedded one.
+    """
+    settings = get_settings()
+    keys = Keys.from_settings(settings)
+    data_url, broker_url = resolve_running_urls(settings)
+    client = connect(data_url)
+    broker = connect(broker_url)
+    try:
+        check_capabilities(client)
+        from tasks import app  # imported here: it configures Celery from the same settings
+
+        replies = app.control.ping(timeout=ping_timeout) or []
+        workers = sorted(name for reply in replies for name in reply)
+        report = collect_status(client, broker, keys, settings, workers)
+    finally:
+        client.close()
+        broker.close()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        _print_status(report)
+    if check and report["problems"]:
+        sys.exit(2)
+
+
+def _print_status(report: dict[str, object]) -> None:
+    group = report["group"]
+    click.echo(f"stream            {report['stream']}: {report['stream_length']:,} entries")
+    if group is None:
+        click.echo(f"consumer group    {report['consumer_group']}: not created yet (the first drain creates it)")
+    else:
+        assert isinstance(group, dict)
+        oldest = "none" if group["oldest_pending_age_s"] is None else f"{group['oldest_pending_age_s']:.1f} s old"
+        click.echo(
+            f"consumer group    {report['consumer_group']}: lag {group['lag']}, pending {group['pending']:,} "
+            f"(oldest {oldest}), {group['consumers']} consumers"
+        )
+    outcomes = report["outcomes"]
+    assert isinstance(outcomes, dict)
+    click.echo("outcome writes    " + (", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items())) or "none yet"))
+    click.echo(f"dead letters      {report['dead_letter_length']:,}")
+    click.echo(f"duplicates        {report['duplicates']:,}")
+    drain = report["drain"]
+    if drain:
+        assert isinstance(drain, dict)
+        click.echo(f"last drain        {drain['at']} ({drain['age_s']:.1f} s ago): read {drain['read']}, reclaimed {drain['reclaimed']}, lost {drain['lost']}, tasks {drain['tasks']}")
+    else:
+        click.echo("last drain        never")
+    click.echo(f"broker queues     {report['broker_queues']}")
+    workers = report["workers"]
+    click.echo(f"workers           {', '.join(workers) if workers else 'none answered'}")  # type: ignore[arg-type]
+    problems = report["problems"]
+    assert isinstance(problems, list)
+    click.echo("health            " + ("ok" if not problems else "PROBLEMS:\n  - " + "\n  - ".join(problems)))
 
 
 @cli.command()

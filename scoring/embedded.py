@@ -415,16 +415,22 @@ class EmbeddedServer:
         persistence: bool = True,
         ephemeral: bool = False,
         modules: Sequence[Path] | None = None,
+        port: int | None = None,
         startup_timeout_s: float = 30.0,
         shutdown_timeout_s: float = 60.0,
     ) -> None:
-        """Describe a server. `modules` defaults to RedisBloom, and ephemeral implies no persistence."""
+        """Describe a server. `modules` defaults to RedisBloom, and ephemeral implies no persistence.
+
+        `port` fixes the port, so that a restarted server is found again at the same address by
+        clients that keep their URL; by default each start picks a free port.
+        """
         if data_dir is None and not ephemeral:
             raise ValueError("data_dir is required unless ephemeral=True")
         self._data_dir_argument = None if data_dir is None else Path(data_dir)
         self.ephemeral = ephemeral
         self.persistence = persistence and not ephemeral
         self._modules = None if modules is None else [Path(module) for module in modules]
+        self._port = port
         self._startup_timeout_s = startup_timeout_s
         self._shutdown_timeout_s = shutdown_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
@@ -502,13 +508,16 @@ class EmbeddedServer:
         if log_path.exists() and log_path.stat().st_size > _MAX_LOG_BYTES:
             log_path.replace(log_path.with_name(LOG_FILE + ".1"))
 
-        for attempt in range(1, _BIND_ATTEMPTS + 1):
-            port = _free_port()
+        attempts = 1 if self._port is not None else _BIND_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            port = self._port if self._port is not None else _free_port()
             log_offset = log_path.stat().st_size if log_path.exists() else 0
             process = self._spawn(binary, modules, data_dir, config_path, log_path, port)
             try:
                 self._wait_until_ready(process, port, password, log_path, log_offset)
             except _PortTakenError:
+                if self._port is not None:
+                    raise ServerError(f"port {port} on {HOST} is already in use; see the log {log_path}") from None
                 logger.warning(
                     "port %d was taken before valkey-server could bind it (attempt %d of %d)",
                     port, attempt, _BIND_ATTEMPTS,

@@ -12,7 +12,8 @@ key: a transaction whose id is `riskscore:blocklist:ip` writes the hash
 | `<prefix>:history:<user_id>` | T-Digest | the user's amounts | none |
 | `<prefix>:blocklist:ip` | Bloom filter | canonical texts of listed IP addresses | none |
 | `<prefix>:dead_letter` | stream | invalid and duplicate entries: reason, stream id, original fields | none |
-| `<prefix>:drain:heartbeat` | hash | last drain run: time, entries read, reclaimed, tasks sent | none |
+| `<prefix>:drain:heartbeat` | hash | last drain run: time, entries read, reclaimed, lost, tasks sent, trimmed | none |
+| `<prefix>:stats` | hash | outcome writes by status (scored, invalid, duplicate, redelivered), last write time | none |
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class Keys:
     @property
     def dead_letter(self) -> str:
         return f"{self.prefix}:dead_letter"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
 
     @property
     def drain_heartbeat(self) -> str:

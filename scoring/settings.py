@@ -90,9 +90,17 @@ class Settings(BaseSettings):
     # Drain and fan-out.
     drain_interval_s: float = Field(default=1.0, gt=0.0, description="Beat interval of the drain task.")
     drain_budget_s: float = Field(
-        default=0.9, gt=0.0, description="Time one drain run may spend reading before it returns."
+        default=0.9,
+        gt=0.0,
+        le=20.0,
+        description="Seconds one drain run waits on the stream; below the client's 30 s socket timeout.",
     )
     batch_size: int = Field(default=100, ge=1, le=10_000, description="Entries per scoring task.")
+    stream_retention_s: int = Field(
+        default=86_400,
+        ge=0,
+        description="Acknowledged entries older than this are trimmed from the stream; pending ones never are.",
+    )
     reclaim_idle_s: float = Field(
         default=60.0, gt=0.0, description="Pending entries idle this long are reclaimed and scored again."
     )

@@ -3,7 +3,8 @@
 -- Keys (all declared in KEYS):
 --   KEYS[1]  stream        input stream; entries are acknowledged with XACK
 --   KEYS[2]  stream        dead-letter stream; invalid and duplicate entries are added
---   KEYS[3+] hash          <prefix>:tx:<tx_id>, one per transaction in the batch
+--   KEYS[3]  hash          <prefix>:stats; counters per status and the time of the last write
+--   KEYS[4+] hash          <prefix>:tx:<tx_id>, one per transaction in the batch
 --            T-Digest      <prefix>:history:<user_id>, one per user that learns an amount
 --
 -- ARGV: group, compression, scored_at, record count, then per record:
@@ -100,4 +101,13 @@ for r = 1, count do
   redis.call('XACK', KEYS[1], group, stream_id)
   results[r] = status
 end
+
+local counts = {}
+for _, status in ipairs(results) do
+  counts[status] = (counts[status] or 0) + 1
+end
+for status, n in pairs(counts) do
+  redis.call('HINCRBY', KEYS[3], status, n)
+end
+redis.call('HSET', KEYS[3], 'last_write_at', scored_at)
 return results

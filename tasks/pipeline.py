@@ -15,7 +15,17 @@ from scoring.capability import check_capabilities
 from scoring.engine import BatchScorer
 from scoring.keys import Keys
 from scoring.settings import get_settings
-from scoring.store import Entry, chunked, connect, ensure_group, read_new, reclaim, record_lost, utc_now_iso
+from scoring.store import (
+    Entry,
+    chunked,
+    connect,
+    ensure_group,
+    read_new,
+    reclaim,
+    record_lost,
+    trim_acknowledged,
+    utc_now_iso,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,11 @@ def drain() -> dict[str, int]:
     Entries read here stay pending in the group until `score_batch` acknowledges them after
     writing their outcome. Pending entries idle longer than `reclaim_idle_s` (a lost task, a
     killed worker) are claimed again and resent, so no entry is lost.
+
+    Within its time budget the drain waits on the stream (a blocking XREADGROUP) instead of
+    returning at once, so an entry is sent out milliseconds after it arrives rather than at the
+    next beat tick. A drain that dies is replaced by the next tick; two that overlap read disjoint
+    entries.
     """
     global _group_ready
     settings = get_settings()
@@ -95,18 +110,20 @@ def drain() -> dict[str, int]:
     tasks_sent = _fan_out(claimed, settings.batch_size)
 
     read = 0
-    while time.monotonic() < deadline:
-        entries = read_new(client, keys, consumer, read_size)
-        if not entries:
+    while True:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
             break
+        entries = read_new(client, keys, consumer, read_size, block_ms=remaining_ms)
         read += len(entries)
         tasks_sent += _fan_out(entries, settings.batch_size)
 
-    stats = {"read": read, "reclaimed": len(claimed), "lost": len(deleted), "tasks": tasks_sent}
+    trimmed = trim_acknowledged(client, keys, settings.stream_retention_s)
+    stats = {"read": read, "reclaimed": len(claimed), "lost": len(deleted), "tasks": tasks_sent, "trimmed": trimmed}
     client.hset(
         keys.drain_heartbeat,
         mapping={**stats, "at": utc_now_iso(), "elapsed_ms": int((time.monotonic() - started) * 1000)},
     )
-    if read or claimed:
-        log.info("drain read=%d reclaimed=%d lost=%d tasks=%d", read, len(claimed), len(deleted), tasks_sent)
+    if read or claimed or deleted:
+        log.info("drain read=%d reclaimed=%d lost=%d tasks=%d trimmed=%d", read, len(claimed), len(deleted), tasks_sent, trimmed)
     return stats
