@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = Field(
         default=None, description="Flower basic-auth password. Unset: `riskscore run` generates one."
     )
+    flower_allow_no_auth: bool = Field(
+        default=False, description="Let `celery -A tasks flower` start without authentication."
+    )
     flower_port: int = Field(default=5555, ge=1, le=65535, description="Flower port on 127.0.0.1.")
 
     @field_validator("key_prefix", "stream", "consumer_group")

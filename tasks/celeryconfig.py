@@ -4,14 +4,42 @@ The broker is the configured `RISK_BROKER_URL`, or the data server's database `R
 or the embedded server started by `riskscore run`, found through its state file.
 """
 
+import os
+import ssl
+import sys
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 from kombu import Queue
 
 from scoring.embedded import resolve_running_urls
+from scoring.errors import ConfigurationError
 from scoring.settings import get_settings
 
+
+def flower_auth_configured(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """Return True when Flower gets basic auth or OAuth from its options or FLOWER_* variables."""
+    options = ("--basic-auth", "--basic_auth", "--auth")
+    if any(arg.split("=", 1)[0] in options for arg in argv):
+        return True
+    return bool(environ.get("FLOWER_BASIC_AUTH") or environ.get("FLOWER_AUTH"))
+
+
+def check_flower_auth(argv: Sequence[str], environ: Mapping[str, str], allow_no_auth: bool) -> None:
+    """Raise ConfigurationError when `celery ... flower` would start without authentication.
+
+    Flower shows task arguments, which hold transaction data, and can revoke tasks and shut
+    workers down, so an open Flower is refused unless RISK_FLOWER_ALLOW_NO_AUTH is true.
+    """
+    if "flower" not in argv[1:] or allow_no_auth or flower_auth_configured(argv, environ):
+        return
+    raise ConfigurationError(
+        "Flower refuses to start without authentication: set FLOWER_BASIC_AUTH=user:password, pass "
+        "--basic-auth=user:password or --auth (OAuth), or set RISK_FLOWER_ALLOW_NO_AUTH=true"
+    )
+
 _settings = get_settings()
+check_flower_auth(sys.argv, os.environ, _settings.flower_allow_no_auth)
 _data_url, broker_url = resolve_running_urls(_settings)
 
 DRAIN_QUEUE = "riskscore.drain"
@@ -42,6 +70,11 @@ worker_prefetch_multiplier = 4
 # longer than any task runs, including queued time with late acknowledgement.
 broker_transport_options = {"visibility_timeout": 3600}
 broker_connection_retry_on_startup = True
+
+# A rediss:// broker URL without ssl_cert_reqs makes kombu refuse to start; verify the server's
+# certificate by default, as redis-py does for the data connection.
+if broker_url.startswith("rediss://") and "ssl_cert_reqs" not in broker_url:
+    broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 worker_cancel_long_running_tasks_on_connection_loss = True
 
 # Flower shows tasks from worker events.
