@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -80,8 +79,10 @@ def _identifier_problem(value: str, max_length: int) -> str | None:
         return "has surrounding whitespace"
     if len(value.encode("utf-8")) > max_length:
         return f"is longer than {max_length} bytes"
-    if any(unicodedata.category(ch).startswith("C") for ch in value):
-        return "contains a control or unassigned character"
+    # isprintable() is false for control, format, surrogate, private-use and unassigned characters
+    # and for separators other than the ASCII space.
+    if not value.isprintable():
+        return "contains a control, separator or unassigned character"
     return None
 
 

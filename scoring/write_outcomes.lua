@@ -7,10 +7,13 @@
 --   KEYS[4+] hash          <prefix>:tx:<tx_id>, one per transaction in the batch
 --            T-Digest      <prefix>:history:<user_id>, one per user that learns an amount
 --
--- ARGV: group, compression, scored_at, record count, then per record:
---   stream_id, kind ("score" | "invalid"), tx key index (0: none), history key index (0: none),
---   approved ("1" | "0"), amount, reason, detail,
---   n, n original field pairs, m, m computed field pairs.
+-- ARGV[1] group, ARGV[2] digest compression, ARGV[3] scored_at, ARGV[4] the records as JSON,
+-- ARGV[5+] original field pairs of invalid entries, kept out of the JSON because they may hold
+-- bytes that are not UTF-8. A record is an object:
+--   s  stream id              t  tx key index in KEYS (0: none)
+--   valid entries:   h  history key index (0: none), a  1 when approved, m  amount (text),
+--                    n  number of original field pairs at the start of f, f  field pairs to HSET
+--   invalid entries: r  reason, d  detail, o  index in ARGV of the first original pair, n  pairs
 --
 -- Idempotence: a hash that already has an outcome is never overwritten. When that outcome came
 -- from the same stream entry the record is a redelivery and nothing is written again; when it came
@@ -22,17 +25,20 @@
 local group = ARGV[1]
 local compression = ARGV[2]
 local scored_at = ARGV[3]
-local count = tonumber(ARGV[4])
-local pos = 5
+local records = cjson.decode(ARGV[4])
 
-local function take_pairs()
-  local n = tonumber(ARGV[pos])
-  local pairs_out = {}
-  for i = 1, 2 * n do
-    pairs_out[i] = ARGV[pos + i]
+local function original_pairs(record)
+  local out = {}
+  if record.o then
+    for i = 0, 2 * record.n - 1 do
+      out[#out + 1] = ARGV[record.o + i]
+    end
+  else
+    for i = 1, 2 * record.n do
+      out[#out + 1] = record.f[i]
+    end
   end
-  pos = pos + 2 * n + 1
-  return pairs_out
+  return out
 end
 
 local function dead_letter(reason, detail, stream_id, original)
@@ -45,66 +51,59 @@ local function dead_letter(reason, detail, stream_id, original)
 end
 
 local results = {}
-for r = 1, count do
-  local stream_id = ARGV[pos]
-  local kind = ARGV[pos + 1]
-  local tx_index = tonumber(ARGV[pos + 2])
-  local history_index = tonumber(ARGV[pos + 3])
-  local approved = ARGV[pos + 4] == '1'
-  local amount = ARGV[pos + 5]
-  local reason = ARGV[pos + 6]
-  local detail = ARGV[pos + 7]
-  pos = pos + 8
-  local original = take_pairs()
-  local computed = take_pairs()
-
-  local status
-  local tx_key = tx_index > 0 and KEYS[tx_index] or nil
+local counts = {}
+local acks = {}
+for r, record in ipairs(records) do
+  local stream_id = record.s
+  local tx_key = record.t > 0 and KEYS[record.t] or nil
   local previous = {false, false}
   if tx_key then
     previous = redis.call('HMGET', tx_key, 'outcome', 'stream_id')
   end
 
+  local status
   if previous[1] and previous[2] == stream_id then
     status = 'redelivered'
   elseif previous[1] then
     status = 'duplicate'
     redis.call('HINCRBY', tx_key, 'duplicates', 1)
     redis.call('HSET', tx_key, 'last_duplicate_id', stream_id)
-    dead_letter('duplicate_tx_id', 'tx_id already has an outcome from entry ' .. previous[2], stream_id, original)
-  elseif kind == 'invalid' then
+    dead_letter('duplicate_tx_id', 'tx_id already has an outcome from entry ' .. previous[2], stream_id,
+      original_pairs(record))
+  elseif record.r then
     status = 'invalid'
-    dead_letter(reason, detail, stream_id, original)
+    dead_letter(record.r, record.d, stream_id, original_pairs(record))
     if tx_key then
-      redis.call('HSET', tx_key, 'status', 'invalid', 'outcome', 'invalid', 'reasons', reason,
-        'detail', detail, 'stream_id', stream_id, 'scored_at', scored_at)
+      redis.call('HSET', tx_key, 'status', 'invalid', 'outcome', 'invalid', 'reasons', record.r,
+        'detail', record.d, 'stream_id', stream_id, 'scored_at', scored_at)
     end
   else
     status = 'scored'
-    local fields = {'HSET', tx_key}
-    for i = 1, #original do fields[#fields + 1] = original[i] end
-    for i = 1, #computed do fields[#fields + 1] = computed[i] end
-    redis.call(unpack(fields))
-    if not approved then
-      -- A flagged transaction keeps the status its producer gave it, or gets 'pending'.
-      redis.call('HSETNX', tx_key, 'status', 'pending')
-    elseif history_index > 0 then
-      local history_key = KEYS[history_index]
+    local learns = record.a == 1 and record.h > 0
+    if learns then
+      local history_key = KEYS[record.h]
       if redis.call('EXISTS', history_key) == 0 then
         redis.call('TDIGEST.CREATE', history_key, 'COMPRESSION', compression)
       end
-      redis.call('TDIGEST.ADD', history_key, amount)
-      redis.call('HSET', tx_key, 'learned', '1')
+      redis.call('TDIGEST.ADD', history_key, record.m)
+      record.f[#record.f + 1] = 'learned'
+      record.f[#record.f + 1] = '1'
+    end
+    redis.call('HSET', tx_key, unpack(record.f))
+    if record.a ~= 1 then
+      -- A flagged transaction keeps the status its producer gave it, or gets 'pending'.
+      redis.call('HSETNX', tx_key, 'status', 'pending')
     end
   end
 
-  redis.call('XACK', KEYS[1], group, stream_id)
+  acks[#acks + 1] = stream_id
   results[r] = status
+  counts[status] = (counts[status] or 0) + 1
 end
 
-local counts = {}
-for _, status in ipairs(results) do
-  counts[status] = (counts[status] or 0) + 1
+-- XACK takes many ids at once; chunks stay well below Lua's limit on unpack() arguments.
+for start = 1, #acks, 1000 do
+  redis.call('XACK', KEYS[1], group, unpack(acks, start, math.min(start + 999, #acks)))
 end
 for status, n in pairs(counts) do
   redis.call('HINCRBY', KEYS[3], status, n)

@@ -1,0 +1,1 @@
+"""Benchmarks and fault-injection runs of riskscore against real processes."""
