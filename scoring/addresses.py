@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 
+# Real traffic repeats addresses, so the parse is cached; a ValueError is raised again each time.
+@functools.lru_cache(maxsize=65_536)
 def canonical_ip(text: str) -> str:
     """Return the canonical text of an IP address, or raise ValueError saying why it is invalid.
 

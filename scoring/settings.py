@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scoring.errors import ConfigurationError
+from scoring.sources import ListSource, check_unique_names
 
 ENV_PREFIX = "RISK_"
 
@@ -24,6 +25,39 @@ class ColdStartPolicy(str, Enum):
 
     ABSTAIN = "abstain"
     FLAG = "flag"
+
+
+Schedule = float | tuple[str, str, str, str, str] | None
+"""A parsed schedule setting: seconds between runs, the five crontab fields, or None for off."""
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Parse a schedule setting: a number of seconds, a five-field crontab (UTC) or `off`.
+
+    Raise ValueError saying what is expected.
+    """
+    value = text.strip()
+    if value.lower() in ("off", "none", ""):
+        return None
+    fields = value.split()
+    if len(fields) == 1:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"expected seconds, a five-field crontab or off, got {text!r}") from None
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValueError(f"seconds must be a positive number, got {text!r}")
+        return seconds
+    if len(fields) != 5:
+        raise ValueError(f"a crontab has five fields (minute hour day-of-month month day-of-week), got {len(fields)}")
+    from celery.schedules import crontab  # imported here: settings load without Celery otherwise
+
+    minute, hour, day_of_month, month, day_of_week = fields
+    try:
+        crontab(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month, day_of_week=day_of_week)
+    except ValueError as error:
+        raise ValueError(f"invalid crontab {value!r}: {error}") from None
+    return minute, hour, day_of_month, month, day_of_week
 
 
 def default_data_dir() -> Path:
@@ -82,6 +116,52 @@ class Settings(BaseSettings):
     bloom_error_rate: float = Field(default=0.01, gt=0.0, lt=1.0, description="Bloom filter error rate.")
     bloom_capacity: int = Field(default=100_000, ge=1, description="Minimum capacity of a new Bloom filter.")
 
+    # Blocklists and allowlists: where they come from, when they are refreshed, and the guards that
+    # keep a bad download from replacing a good list.
+    blocklist_sources: list[ListSource] = Field(
+        default_factory=list,
+        description="JSON list of sources: name, url or path, format, min_count, kind (blocklist or allowlist).",
+    )
+    blocklist_refresh_schedule: str = Field(
+        default="3600", description="Seconds between scheduled list refreshes, a five-field crontab (UTC), or off."
+    )
+    blocklist_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Largest list a source may send, in bytes."
+    )
+    blocklist_connect_timeout_s: float = Field(default=10.0, gt=0.0, description="HTTP connect timeout, in seconds.")
+    blocklist_read_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="HTTP timeout of each read from the connection, in seconds."
+    )
+    blocklist_total_timeout_s: float = Field(
+        default=300.0, gt=0.0, description="Longest time one HTTP download may take, in seconds."
+    )
+    blocklist_max_invalid_share: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="A list whose share of invalid data lines is above this is rejected."
+    )
+    blocklist_max_drop: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="A list that lost more than this share of its entries since it was last accepted is rejected.",
+    )
+    allowlist_reserved: bool = Field(
+        default=False, description="Never flag private and reserved addresses (10.0.0.0/8, fc00::/7 and others)."
+    )
+
+    # User histories: the rolling window of approved amounts that a history rebuild keeps.
+    history_window_count: int = Field(
+        default=1000, ge=1, le=100_000, description="Approved amounts kept per user: the newest this many."
+    )
+    history_window_days: float = Field(
+        default=0.0, ge=0.0, description="Approved amounts older than this many days are dropped; 0 keeps all."
+    )
+    history_refresh_schedule: str = Field(
+        default="0 3 * * *", description="Scheduled history rebuild: seconds between runs, a crontab (UTC), or off."
+    )
+    history_rebuild_budget_s: float = Field(
+        default=300.0, gt=0.0, description="Seconds one scheduled rebuild task runs before a new task continues it."
+    )
+
     # Input limits. Longer values make an entry invalid instead of creating huge keys.
     max_id_length: int = Field(default=128, ge=1, description="Maximum length of tx_id and user_id, in bytes.")
     max_field_bytes: int = Field(default=4096, ge=16, description="Maximum size of any other field, in bytes.")
@@ -100,6 +180,12 @@ class Settings(BaseSettings):
         default=86_400,
         ge=0,
         description="Acknowledged entries older than this are trimmed from the stream; pending ones never are.",
+    )
+    batch_linger_ms: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=1000.0,
+        description="Milliseconds the drain waits to fill a batch before sending a partial one.",
     )
     reclaim_idle_s: float = Field(
         default=60.0, gt=0.0, description="Pending entries idle this long are reclaimed and scored again."
@@ -132,6 +218,17 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("blocklist_refresh_schedule", "history_refresh_schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value.strip()
+
+    @field_validator("blocklist_sources")
+    @classmethod
+    def _unique_source_names(cls, value: list[ListSource]) -> list[ListSource]:
+        return check_unique_names(value)
+
     @field_validator("flower_password")
     @classmethod
     def _empty_password_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
@@ -141,7 +238,8 @@ class Settings(BaseSettings):
 
 
 # Fields whose input is never echoed in an error message.
-_SECRET_FIELDS = frozenset({"redis_url", "broker_url", "flower_password"})
+# Source URLs may carry an API key in their query, so blocklist_sources is one of them.
+_SECRET_FIELDS = frozenset({"redis_url", "broker_url", "flower_password", "blocklist_sources"})
 
 
 def _describe(error: ValidationError) -> str:

@@ -77,9 +77,10 @@ if broker_url.startswith("rediss://") and "ssl_cert_reqs" not in broker_url:
     broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 worker_cancel_long_running_tasks_on_connection_loss = True
 
-# Flower shows tasks from worker events.
+# Flower shows tasks from worker events. The "sent" event is off: the drain would publish one per
+# batch on top of the batch itself, and Flower lists tasks from the worker's events alone.
 worker_send_task_events = True
-task_send_sent_event = True
+task_send_sent_event = False
 
 # Drains get their own queue so that a long scoring backlog does not delay the next drain, and
 # every worker consumes both unless started with -Q.

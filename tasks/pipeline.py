@@ -77,6 +77,23 @@ def _fan_out(entries: list[Entry], batch_size: int) -> int:
     return sent
 
 
+def _linger(client: redis.Redis, keys: Keys, consumer: str, wanted: int, linger_ms: float, deadline: float) -> list[Entry]:
+    """Wait up to `linger_ms` for `wanted` more entries, so that a batch is not sent nearly empty.
+
+    At low rates each XREADGROUP returns one or two entries; one task per entry would cost more in
+    Celery overhead than the scoring itself. Lingering trades a few milliseconds of latency for
+    fuller batches.
+    """
+    entries: list[Entry] = []
+    linger_end = min(deadline, time.monotonic() + linger_ms / 1000)
+    while len(entries) < wanted:
+        remaining_ms = int((linger_end - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            break
+        entries += read_new(client, keys, consumer, wanted - len(entries), block_ms=remaining_ms)
+    return entries
+
+
 @shared_task(name="riskscore.drain", ignore_result=True)
 def drain() -> dict[str, int]:
     """Read new and stale entries from the consumer group and send them out in batches.
@@ -115,6 +132,8 @@ def drain() -> dict[str, int]:
         if remaining_ms <= 0:
             break
         entries = read_new(client, keys, consumer, read_size, block_ms=remaining_ms)
+        if entries and len(entries) < settings.batch_size:
+            entries += _linger(client, keys, consumer, settings.batch_size - len(entries), settings.batch_linger_ms, deadline)
         read += len(entries)
         tasks_sent += _fan_out(entries, settings.batch_size)
 
