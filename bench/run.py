@@ -255,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=10.0, help="Duration of each fixed-rate run.")
     parser.add_argument("--max-transactions", type=int, default=100_000, help="Transactions in the maximum-throughput run.")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (default: bench/results/pipeline.json).")
+    parser.add_argument("--report", action="store_true", help="Also write the PNG plot and docs/benchmark.md tables.")
     args = parser.parse_args(argv)
     if args.smoke:
         args.users, args.bad_ips, args.rates, args.seconds, args.max_transactions = 200, 500, "500", 1.0, 2_000
@@ -319,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = args.out or RESULTS / ("smoke.json" if args.smoke else "pipeline.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.report:
+        from bench.report import write_report
+
+        write_report(results, out.with_suffix(".png"))
     print(json.dumps({k: results[k] for k in ("prototype_loop", "pipelined_loop", "maximum", "ratios")}, indent=2))
     return results
 
