@@ -103,9 +103,10 @@ def bench_prototype(client: redis.Redis, keys: Keys, txs: Sequence[dict[str, str
     return {"transactions": len(txs), "seconds": elapsed, "tx_per_s": len(txs) / elapsed}
 
 
-def bench_pipelined(client: redis.Redis, keys: Keys, txs: Sequence[dict[str, str]], settings: Settings, batch: int) -> dict[str, float]:
+def bench_pipelined(client: redis.Redis, txs: Sequence[dict[str, str]], settings: Settings, batch: int) -> dict[str, float]:
     """The same work as a worker, in one process with no Celery: read a batch from the consumer
     group, score it (one read pipeline, one write script), repeat."""
+    keys = Keys.from_settings(settings)
     _add_all(client, keys, txs)
     ensure_group(client, keys)
     scorer = BatchScorer(client, settings)
@@ -291,9 +292,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         loop_count = 2_000 if args.smoke else 20_000
         results["prototype_loop"] = bench_prototype(client, keys, transactions(data, loop_count, "proto", 1), settings)
-        pipelined_keys = Keys(prefix="bench", stream="bench:pipelined", consumer_group="bench")
+        pipelined_settings = settings.model_copy(update={"stream": "bench:pipelined"})
         results["pipelined_loop"] = bench_pipelined(
-            client, pipelined_keys, transactions(data, loop_count * 5, "piped", 2), settings, batch=500
+            client, transactions(data, loop_count * 5, "piped", 2), pipelined_settings, batch=500
         )
 
         ensure_group(client, keys)
