@@ -18,6 +18,7 @@ import redis
 
 from scoring import demo as demo_scenario
 from scoring.capability import check_capabilities
+from scoring.cli_lists import blocklist, history
 from scoring import replay as replay_mod
 from scoring.embedded import find_running, redis_urls, resolve_running_urls
 from scoring.errors import RiskscoreError
@@ -35,6 +36,12 @@ log = logging.getLogger("scoring.cli")
 def configure_logging(level: str) -> None:
     """Send log records of `level` and above to standard error, one line each."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def default_concurrency() -> int:
+    """Return worker processes for local runs: one per core, plus one for the drain, which spends
+    most of its time waiting on the stream."""
+    return (os.cpu_count() or 1) + 1
 
 
 def stack_env(settings: Settings, data_url: str, broker_url: str) -> dict[str, str]:
@@ -93,7 +100,7 @@ def demo(timeout_s: float) -> None:
         click.echo(f"Seeded 3 user histories, {len(demo_scenario.BAD_IPS)} bad IPs and 4 transactions.")
         with tempfile.TemporaryDirectory(prefix="riskscore-demo-") as workdir:
             with Stack(env=stack_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
-                stack.start_worker(concurrency=2)
+                stack.start_worker(concurrency=default_concurrency())
                 stack.start_beat()
                 click.echo("Started a Celery worker and beat; waiting for the drain to score the stream...")
                 started = time.monotonic()
@@ -130,10 +137,15 @@ def _flower_password(settings: Settings) -> tuple[str, str]:
 
 
 @cli.command()
-@click.option("--concurrency", default=2, show_default=True, help="Worker processes of the Celery worker.")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Worker processes of the Celery worker; default: CPU cores + 1, since the drain mostly waits.",
+)
 @click.option("--flower/--no-flower", default=True, show_default=True, help="Start Flower on 127.0.0.1.")
 @click.option("--loglevel", default="INFO", show_default=True, help="Log level of the Celery processes.")
-def run(concurrency: int, flower: bool, loglevel: str) -> None:
+def run(concurrency: int | None, flower: bool, loglevel: str) -> None:
     """Run the whole local stack in the foreground: server, worker, beat and Flower.
 
     Ctrl-C stops beat, then the worker (after its running tasks), then Flower and the server.
@@ -148,7 +160,7 @@ def run(concurrency: int, flower: bool, loglevel: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         stack = Stack(env=stack_env(settings, data_url, broker_url), workdir=workdir)
         try:
-            stack.start_worker(concurrency=concurrency, loglevel=loglevel)
+            stack.start_worker(concurrency=concurrency or default_concurrency(), loglevel=loglevel)
             stack.start_beat(loglevel=loglevel)
             if flower:
                 password, source = _flower_password(settings)
@@ -159,7 +171,8 @@ def run(concurrency: int, flower: bool, loglevel: str) -> None:
                 )
             click.echo("Running. Press Ctrl-C to stop.")
             while True:
-                stack.check_alive()
+                for child in stack.restart_exited():
+                    click.echo(f"{child.name} had exited; started it again (pid {child.process.pid}).", err=True)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             click.echo("\nStopping...")
@@ -222,6 +235,7 @@ def load_history_command(file: Path, user_column: str, amount_column: str, repla
                 parsed.amounts_by_user,
                 compression=settings.tdigest_compression,
                 replace=replace,
+                window_count=settings.history_window_count,
                 progress=bar.update,
             )
     click.echo(f"{file}: {total} amounts for {len(parsed.amounts_by_user)} users; {parsed.invalid} invalid rows skipped")
@@ -241,7 +255,7 @@ def load_history_command(file: Path, user_column: str, amount_column: str, repla
 @click.option("--label", metavar="COLUMN", help="Column with a fraud label (1/true/yes): the summary compares it with the outcome. Implies --carry.")
 @click.option("--sort-by", metavar="COLUMN", help="Replay rows in the order of COLUMN (numeric when all values are numbers).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Output CSV; default: TRANSACTIONS with .outcomes.csv.")
-@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.option("--concurrency", type=int, default=None, help="Worker processes; default: CPU cores + 1.")
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for every outcome.")
 @click.option("--keep", is_flag=True, help="Keep the replay's keys on the server instead of deleting them.")
 def replay(
@@ -256,7 +270,7 @@ def replay(
     label: str | None,
     sort_by: str | None,
     out_file: Path | None,
-    concurrency: int,
+    concurrency: int | None,
     timeout_s: float,
     keep: bool,
 ) -> None:
@@ -290,7 +304,7 @@ def replay(
             ensure_group(client, keys)
             with tempfile.TemporaryDirectory(prefix="riskscore-replay-") as workdir:
                 with Stack(env=stack_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
-                    stack.start_worker(concurrency=concurrency)
+                    stack.start_worker(concurrency=concurrency or default_concurrency())
                     stack.start_beat()
                     started = time.monotonic()
                     with click.progressbar(length=len(entries), label="Adding to the stream") as bar:
@@ -439,6 +453,10 @@ def show(tx_id: str) -> None:
         raise click.ClickException(f"no transaction {tx_id!r} (key {keys.transaction(tx_id)!r} does not exist)")
     for name, value in sorted(fields.items()):
         click.echo(f"{name.decode(errors='replace'):15} {value.decode(errors='replace')}")
+
+
+cli.add_command(blocklist)
+cli.add_command(history)
 
 
 def main() -> None:
