@@ -286,6 +286,12 @@ def replay(
     rows = list(replay_mod.read_rows(transactions))
     if not rows:
         raise click.ClickException(f"{transactions}: no rows")
+    columns = set().union(*(row.keys() for row in rows))
+    unknown = [column for column in [*mapping.values(), *carried] if column not in columns]
+    if unknown:
+        raise click.ClickException(
+            f"{transactions}: no column {', '.join(map(repr, unknown))}; the columns are {', '.join(map(repr, sorted(columns)))}"
+        )
     if sort_by:
         rows = replay_mod.sort_rows(rows, sort_by)
     entries = replay_mod.build_entries(rows, mapping, carried)

@@ -553,6 +553,9 @@ class EmbeddedServer:
             "--daemonize", "no",
             "--dir", str(data_dir),
             "--logfile", str(log_path),
+            # A list refresh renames new keys over the live ones; the old values are then freed in
+            # a background thread instead of blocking the server. valkey 9 defaults to yes already.
+            "--lazyfree-lazy-server-del", "yes",
         ]
         for module in modules:
             arguments += ["--loadmodule", str(module)]

@@ -11,9 +11,10 @@ import redis
 
 from scoring.keys import Keys
 from scoring.model import InvalidEntry, Transaction, parse_entry
+from scoring.ranges import is_reserved
 from scoring.rules import RuleParams, Verdict, score
 from scoring.settings import Settings
-from scoring.store import Entry, OutcomeRecord, OutcomeWriter, read_batch_state, utc_now_iso
+from scoring.store import Entry, IpListing, OutcomeRecord, OutcomeWriter, read_batch, utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,12 @@ def _number_text(value: float | None) -> str:
     return "" if value is None else f"{value:.10g}"
 
 
-def _computed_fields(tx: Transaction, verdict: Verdict, history_count: int, scored_at: str) -> dict[str, str]:
+NOT_LISTED = IpListing(blocklisted=False, allowlisted=False)
+
+
+def _computed_fields(
+    tx: Transaction, verdict: Verdict, history_count: int, scored_at: str, listing: IpListing, list_version: str | None
+) -> dict[str, str]:
     fields = {
         "outcome": "approved" if verdict.approved else "flagged",
         "risk_score": str(verdict.risk_score),
@@ -44,6 +50,9 @@ def _computed_fields(tx: Transaction, verdict: Verdict, history_count: int, scor
         "threshold": _number_text(verdict.threshold),
         "history_count": str(history_count),
         "ip_checked": tx.ip or "",
+        "ip_blocklist_match": listing.match,
+        "ip_allowlist_match": listing.allow_match,
+        "list_version": list_version or "none",
         "stream_id": tx.stream_id,
         "scored_at": scored_at,
     }
@@ -55,8 +64,9 @@ def _computed_fields(tx: Transaction, verdict: Verdict, history_count: int, scor
 class BatchScorer:
     """Scores batches against one Redis server with one settings object.
 
-    Each batch costs two round trips: one pipeline reads Bloom membership for every IP and the
-    history of every distinct user, and one script call writes all outcomes and acknowledgements.
+    Each batch costs two round trips: one MULTI/EXEC reads the list version, Bloom and range
+    membership for every IP and the history of every distinct user, and one script call writes all
+    outcomes and acknowledgements.
     """
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
@@ -69,7 +79,7 @@ class BatchScorer:
             min_history=settings.min_history,
             cold_start_policy=settings.cold_start_policy,
         )
-        self.writer = OutcomeWriter(client, self.keys, settings.tdigest_compression)
+        self.writer = OutcomeWriter(client, self.keys, settings.tdigest_compression, settings.history_window_count)
 
     def score(self, entries: Sequence[Entry]) -> BatchResult:
         """Score `entries`, write their outcomes and acknowledge them."""
@@ -86,10 +96,7 @@ class BatchScorer:
         ]
         transactions = [item for item in parsed if isinstance(item, Transaction)]
         checked_ips = [tx.ip for tx in transactions if tx.ip is not None]
-        listed_flags, histories = read_batch_state(
-            self.client, self.keys, checked_ips, (tx.user_id for tx in transactions), settings.quantile
-        )
-        listed = dict(zip(checked_ips, listed_flags))
+        state = read_batch(self.client, self.keys, checked_ips, (tx.user_id for tx in transactions), settings.quantile)
 
         scored_at = utc_now_iso()
         result = BatchResult()
@@ -112,20 +119,24 @@ class BatchScorer:
                     )
                 )
                 continue
-            history = histories[item.user_id]
-            verdict = score(item.amount, item.ip, listed.get(item.ip, False) if item.ip else False, history, self.params)
+            history = state.histories[item.user_id]
+            listing = self._listing(state.listings.get(item.ip, NOT_LISTED) if item.ip else NOT_LISTED, item.ip)
+            verdict = score(
+                item.amount, item.ip, listing.blocklisted, history, self.params, ip_allowlisted=listing.allowlisted
+            )
             records.append(
                 OutcomeRecord(
                     stream_id=item.stream_id,
                     kind="score",
                     tx_key=self.keys.transaction(item.tx_id),
                     history_key=self.keys.history(item.user_id) if settings.learn_from_approved else None,
+                    window_key=self.keys.approved(item.user_id) if settings.learn_from_approved else None,
                     approved=verdict.approved,
                     amount=repr(item.amount),
                     reason="",
                     detail="",
                     original=original,
-                    computed=_computed_fields(item, verdict, history.count, scored_at),
+                    computed=_computed_fields(item, verdict, history.count, scored_at, listing, state.list_version),
                 )
             )
 
@@ -134,3 +145,9 @@ class BatchScorer:
             if status == "scored":
                 result.outcomes["approved" if record.approved else "flagged"] += 1
         return result
+
+    def _listing(self, listing: IpListing, ip: str | None) -> IpListing:
+        """Add the RISK_ALLOWLIST_RESERVED allowlist, checked here because it needs no list refresh."""
+        if ip is None or listing.allowlisted or not self.settings.allowlist_reserved or not is_reserved(ip):
+            return listing
+        return IpListing(listing.blocklisted, allowlisted=True, match=listing.match, allow_match="reserved")

@@ -234,27 +234,54 @@ def guess_format(path: PathLike) -> ListFormat:
     whitespace-separated fields ending in a whole number means ipsum. Otherwise any CIDR on a data
     line means netset, and none means plain. Raise InputFormatError like read_blocklist.
     """
-    first_data_line = True
     with contextlib.closing(_read_lines(Path(path))) as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if line_number == 1:
-                line = line.removeprefix(_BOM)
-            content = line.strip()
-            if not content:
-                continue
-            if first_data_line and content.startswith(";"):
-                return ListFormat.spamhaus
-            if content.startswith("#"):
-                continue
-            data = content.split("#", 1)[0]
-            if first_data_line:
-                first_data_line = False
-                fields = data.split()
-                if len(fields) == 2 and fields[1].isascii() and fields[1].isdigit():
-                    return ListFormat.ipsum
-            if "/" in data:
-                return ListFormat.netset
+        return guess_format_of_lines(lines)
+
+
+def guess_format_of_lines(lines: Iterable[str]) -> ListFormat:
+    """Guess the format of blocklist lines as guess_format does for a file."""
+    first_data_line = True
+    for line_number, line in enumerate(lines, start=1):
+        if line_number == 1:
+            line = line.removeprefix(_BOM)
+        content = line.strip()
+        if not content:
+            continue
+        if first_data_line and content.startswith(";"):
+            return ListFormat.spamhaus
+        if content.startswith("#"):
+            continue
+        data = content.split("#", 1)[0]
+        if first_data_line:
+            first_data_line = False
+            fields = data.split()
+            if len(fields) == 2 and fields[1].isascii() and fields[1].isdigit():
+                return ListFormat.ipsum
+        if "/" in data:
+            return ListFormat.netset
     return ListFormat.plain
+
+
+def decode_lines(body: bytes, source: str) -> list[str]:
+    """Split a downloaded list into lines with their line endings.
+
+    Raise InputFormatError naming `source` and the line when the body is not valid UTF-8.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_number = body.count(b"\n", 0, error.start) + 1
+        line_start = body.rfind(b"\n", 0, error.start) + 1
+        raise InputFormatError(
+            f"{source}: line {line_number} is not valid UTF-8 ({error.reason} at byte {error.start - line_start} "
+            "of the line)"
+        ) from None
+    # Split on LF only, as reading a file in binary mode does, so line numbers match the file's.
+    parts = text.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
 
 
 def _read_lines(path: Path) -> Iterator[str]:

@@ -10,12 +10,23 @@ from scoring.amounts import parse_amount
 
 REQUIRED_FIELDS = ("tx_id", "user_id", "amount", "ip")
 
+# Hash fields that scoring writes. An entry may not carry them: an extra field `status=Approved`
+# would otherwise survive in the hash of a flagged transaction.
+RESERVED_FIELDS = frozenset(
+    {
+        "status", "outcome", "risk_score", "ip_risk", "amount_risk", "reasons", "detail", "quantile",
+        "threshold", "history_count", "ip_checked", "ip_blocklist_match", "ip_allowlist_match",
+        "list_version", "stream_id", "scored_at", "duplicates", "last_duplicate_id", "learned",
+    }
+)  # fmt: skip
+
 
 class Reason:
     """Machine-readable reasons recorded in hashes and in the dead-letter stream."""
 
     MISSING_FIELD = "missing_field"
     INVALID_ENCODING = "invalid_encoding"
+    RESERVED_FIELD = "reserved_field"
     TOO_MANY_FIELDS = "too_many_fields"
     FIELD_TOO_LONG = "field_too_long"
     INVALID_TX_ID = "invalid_tx_id"
@@ -111,6 +122,10 @@ def parse_entry(
             return invalid(Reason.INVALID_ENCODING, f"field {name!r} is not valid UTF-8", usable_tx_id)
         if len(value.encode("utf-8")) > max_field_bytes:
             return invalid(Reason.FIELD_TOO_LONG, f"field {name!r} is longer than {max_field_bytes} bytes", usable_tx_id)
+
+    reserved = sorted(RESERVED_FIELDS.intersection(fields))
+    if reserved:
+        return invalid(Reason.RESERVED_FIELD, "field(s) reserved for scoring results: " + ", ".join(reserved), usable_tx_id)
 
     missing = [name for name in REQUIRED_FIELDS if name not in fields]
     if missing:

@@ -7,6 +7,7 @@ with live data on the same server and can be deleted afterwards.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import secrets
@@ -44,14 +45,36 @@ def parse_mapping(items: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
+def _read_text(path: Path) -> str:
+    """Return the text of a UTF-8 file without a leading BOM.
+
+    Raise InputFormatError naming the file, and the line of the first invalid byte, when the file
+    cannot be read or is not valid UTF-8.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputFormatError(f"cannot read {path}: {error.strerror or error}") from error
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_number = data.count(b"\n", 0, error.start) + 1
+        raise InputFormatError(
+            f"{path}: line {line_number} is not valid UTF-8 ({error.reason}). Save the file as UTF-8."
+        ) from None
+
+
 def read_rows(path: Path) -> Iterator[dict[str, str]]:
     """Yield the rows of a CSV file (with a header) or a JSON Lines file (`.jsonl`, `.ndjson`).
 
-    A JSON line that is not an object yields a row with only `_raw_line`, so that it still gets an
-    outcome (its fields are missing) instead of stopping the replay.
+    Both are read as UTF-8, with or without a BOM. A JSON line that is not an object yields a row
+    with only `_raw_line`, so that it still gets an outcome (its fields are missing) instead of
+    stopping the replay.
     """
+    text = _read_text(path)
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as lines:
+        # newline=None splits lines as text-mode open() does, on LF, CRLF and CR.
+        with io.StringIO(text, newline=None) as lines:
             for line in lines:
                 if not line.strip():
                     continue
@@ -64,7 +87,7 @@ def read_rows(path: Path) -> Iterator[dict[str, str]]:
                     continue
                 yield {str(k): "" if v is None else (v if isinstance(v, str) else json.dumps(v)) for k, v in value.items()}
         return
-    with path.open(encoding="utf-8-sig", newline="") as handle:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None:
             raise InputFormatError(f"{path}: empty file, expected a CSV header")

@@ -18,6 +18,7 @@ class Rule:
     """Reasons recorded in a transaction's hash when a rule fires or abstains."""
 
     IP_BLOCKLISTED = "ip_blocklisted"
+    IP_ALLOWLISTED = "ip_allowlisted"
     AMOUNT_ABOVE_THRESHOLD = "amount_above_threshold"
     INSUFFICIENT_HISTORY = "insufficient_history"
     IP_UNKNOWN = "ip_unknown"
@@ -77,12 +78,23 @@ def amount_rule(amount: float, history: History, params: RuleParams) -> tuple[in
     return 0, None, threshold
 
 
-def score(amount: float, ip: str | None, ip_listed: bool, history: History, params: RuleParams) -> Verdict:
-    """Apply both rules to one transaction."""
+def score(
+    amount: float,
+    ip: str | None,
+    ip_listed: bool,
+    history: History,
+    params: RuleParams,
+    *,
+    ip_allowlisted: bool = False,
+) -> Verdict:
+    """Apply both rules to one transaction. An allowlisted IP never votes, even when also listed."""
     reasons: list[str] = []
     if ip is None:
         ip_risk = 0
         reasons.append(Rule.IP_UNKNOWN)
+    elif ip_allowlisted:
+        ip_risk = 0
+        reasons.append(Rule.IP_ALLOWLISTED)
     else:
         ip_risk = 1 if ip_listed else 0
         if ip_risk:

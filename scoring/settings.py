@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 
 import click
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scoring.errors import ConfigurationError
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         default=30.0, gt=0.0, description="HTTP timeout of each read from the connection, in seconds."
     )
     blocklist_total_timeout_s: float = Field(
-        default=300.0, gt=0.0, description="Longest time one HTTP download may take, in seconds."
+        default=300.0, gt=0.0, description="Maximum duration of one HTTP download, in seconds."
     )
     blocklist_max_invalid_share: float = Field(
         default=0.1, ge=0.0, le=1.0, description="A list whose share of invalid data lines is above this is rejected."
@@ -170,10 +170,11 @@ class Settings(BaseSettings):
     # Drain and fan-out.
     drain_interval_s: float = Field(default=1.0, gt=0.0, description="Beat interval of the drain task.")
     drain_budget_s: float = Field(
-        default=0.9,
+        default=None,  # type: ignore[assignment] - set to 90 % of the interval after validation
         gt=0.0,
         le=20.0,
-        description="Seconds one drain run waits on the stream; below the client's 30 s socket timeout.",
+        description="Seconds one drain run waits on the stream; unset: 90 % of the drain interval.",
+        validate_default=False,
     )
     batch_size: int = Field(default=100, ge=1, le=10_000, description="Entries per scoring task.")
     stream_retention_s: int = Field(
@@ -229,6 +230,19 @@ class Settings(BaseSettings):
     def _unique_source_names(cls, value: list[ListSource]) -> list[ListSource]:
         return check_unique_names(value)
 
+    @model_validator(mode="after")
+    def _drain_budget_below_interval(self) -> Settings:
+        # A drain that waits longer than the beat interval overlaps the next ones: drains pile up
+        # and hold every worker process that scoring needs.
+        if self.drain_budget_s is None:
+            self.drain_budget_s = min(20.0, 0.9 * self.drain_interval_s)
+        elif self.drain_budget_s >= self.drain_interval_s:
+            raise ValueError(
+                f"{ENV_PREFIX}DRAIN_BUDGET_S ({self.drain_budget_s}) must be below "
+                f"{ENV_PREFIX}DRAIN_INTERVAL_S ({self.drain_interval_s}), for example 90 % of it"
+            )
+        return self
+
     @field_validator("flower_password")
     @classmethod
     def _empty_password_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
@@ -245,7 +259,10 @@ _SECRET_FIELDS = frozenset({"redis_url", "broker_url", "flower_password", "block
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
+        if not item["loc"]:  # a check across fields: its message names the variables
+            lines.append(item["msg"].removeprefix("Value error, "))
+            continue
+        field = str(item["loc"][0])
         line = f"{ENV_PREFIX}{field.upper()}: {item['msg']}"
         if field not in _SECRET_FIELDS:
             line += f" (input: {item.get('input')!r})"

@@ -20,11 +20,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Child:
-    """One child process and the log file it writes to."""
+    """One child process, the command that started it, and the log file it writes to."""
 
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path | None
+    command: list[str] = field(default_factory=list)
 
 
 def celery_command(*args: str) -> list[str]:
@@ -45,6 +46,7 @@ class Stack:
     workdir: Path
     log_dir: Path | None = None
     children: list[Child] = field(default_factory=list)
+    _restarts: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     def start(self, name: str, command: list[str]) -> Child:
         """Start one child; its output goes to `<log_dir>/<name>.log`, or to this terminal."""
@@ -61,7 +63,7 @@ class Stack:
         )
         if output:
             output.close()
-        child = Child(name, process, log_path)
+        child = Child(name, process, log_path, list(command))
         self.children.append(child)
         log.info("started %s pid=%d", name, process.pid)
         return child
@@ -90,6 +92,36 @@ class Stack:
             if code is not None:
                 where = f"; see {child.log_path}" if child.log_path else ""
                 raise ServerError(f"{child.name} exited with code {code}{where}")
+
+    def restart_exited(self, max_restarts: int = 5, window_s: float = 300.0) -> list[Child]:
+        """Start again, with the same command, each child that exited; return the new children.
+
+        Celery 5.7.0 workers can exit with "Unrecoverable error" when the broker connection drops
+        (a Redis restart, say), so a long-running stack restarts them as a process supervisor
+        would. A child that exits more than `max_restarts` times within `window_s` seconds is
+        failing for good: ServerError names it and its log file.
+        """
+        restarted = []
+        now = time.monotonic()
+        for index, child in enumerate(self.children):
+            code = child.process.poll()
+            if code is None:
+                continue
+            recent = [at for at in self._restarts.get(child.name, []) if now - at < window_s]
+            where = f"; see {child.log_path}" if child.log_path else ""
+            if len(recent) >= max_restarts:
+                raise ServerError(
+                    f"{child.name} exited with code {code}, {len(recent) + 1} exits within {window_s:.0f} s; "
+                    f"not starting it again{where}"
+                )
+            log.warning("%s pid=%d exited with code %s%s; starting it again", child.name, child.process.pid, code, where)
+            self._restarts[child.name] = [*recent, now]
+            replacement = self.start(child.name, child.command)
+            # start() appended the replacement; put it in the old child's place to keep the stop order.
+            self.children.pop()
+            self.children[index] = replacement
+            restarted.append(replacement)
+        return restarted
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop children in reverse start order: SIGTERM, then SIGKILL after `timeout_s`."""

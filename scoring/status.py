@@ -95,11 +95,20 @@ def find_problems(report: dict[str, Any], settings: Settings) -> list[str]:
     """Return a sentence for each sign of a stalled pipeline in a status report."""
     problems = []
     stale_after_s = max(5 * settings.drain_interval_s, 10.0)
+    queues = report.get("broker_queues") or {}
     drain = report.get("drain")
-    if drain is None:
-        problems.append("no drain has run yet: is a beat process running?")
-    elif drain["age_s"] is not None and drain["age_s"] > stale_after_s:
-        problems.append(f"the last drain ran {drain['age_s']:.0f} s ago: beat or the drain queue is stalled")
+    drain_stale = drain is None or (drain["age_s"] is not None and drain["age_s"] > stale_after_s)
+    if drain_stale:
+        last_drain = "no drain has run yet" if drain is None else f"the last drain ran {drain['age_s']:.0f} s ago"
+        # Beat sends a drain every interval. When drains pile up in the broker, beat is alive but
+        # no worker takes tasks, as with a worker that reconnected after a broker restart and
+        # never consumes again.
+        if queues.get(DRAIN_QUEUE, 0) > 0:
+            problems.append(f"{last_drain}, but {queues[DRAIN_QUEUE]} drain tasks are queued: workers are not consuming")
+        elif drain is None:
+            problems.append("no drain has run yet: is a beat process running?")
+        else:
+            problems.append(f"{last_drain}: beat or the drain queue is stalled")
 
     group = report.get("group")
     if group and group["oldest_pending_age_s"] is not None and group["oldest_pending_age_s"] > settings.reclaim_idle_s * 2:
@@ -107,7 +116,6 @@ def find_problems(report: dict[str, Any], settings: Settings) -> list[str]:
             f"an entry has been pending for {group['oldest_pending_age_s']:.0f} s, over twice the reclaim timeout"
         )
 
-    queues = report.get("broker_queues") or {}
     last_write_age = report.get("last_write_age_s")
     if queues.get(SCORE_QUEUE, 0) > 0 and (last_write_age is None or last_write_age > stale_after_s):
         problems.append(

@@ -5,6 +5,7 @@ redis-py errors that callers are expected to handle are converted to riskscore e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from redis.retry import Retry
 
 from scoring.keys import Keys
 from scoring.model import decode_text
+from scoring.ranges import Interval, address_interval, describe_interval, interval_contains, lookup_bound, parse_member
 from scoring.rules import History
 
 log = logging.getLogger(__name__)
@@ -193,33 +195,110 @@ def _observations(info: object) -> int:
     return int(_number(items.get("Observations", 0)))
 
 
-def read_batch_state(
-    client: redis.Redis, keys: Keys, ips: Sequence[str], user_ids: Iterable[str], quantile: float
-) -> tuple[list[bool], dict[str, History]]:
-    """Read Bloom membership of `ips` and each user's history in one round trip.
+@dataclass(frozen=True)
+class IpListing:
+    """The entries of one list version that match one IP address."""
 
-    A missing digest makes TDIGEST.INFO and TDIGEST.QUANTILE fail; that means "no history". A
-    quantile that is NaN (RedisBloom returns it for one observation or none) becomes None.
-    """
-    users = list(dict.fromkeys(user_ids))
-    pipe = client.pipeline(transaction=False)
-    if ips:
-        pipe.execute_command("BF.MEXISTS", keys.blocklist, *ips)
+    blocklisted: bool
+    allowlisted: bool
+    match: str = ""
+    """The blocklist entry that matched: `address` (the Bloom filter of single addresses), `range <first>-<last>`, or ""."""
+    allow_match: str = ""
+    """The allowlisted range or address that contains it, or ""."""
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """Everything a batch is scored against, read from one list version."""
+
+    list_version: str | None
+    """Version number of the live lists, or None when no list refresh has run."""
+    listings: dict[str, IpListing]
+    histories: dict[str, History]
+
+
+def _read_lists_source() -> str:
+    return resources.files("scoring").joinpath("read_lists.lua").read_text(encoding="utf-8")
+
+
+_READ_LISTS = _read_lists_source()
+_READ_LISTS_SHA = hashlib.sha1(_READ_LISTS.encode()).hexdigest()
+
+
+def _queue_batch_reads(
+    pipe: redis.client.Pipeline,
+    keys: Keys,
+    addresses: list[str],
+    points: list[Interval],
+    users: list[str],
+    quantile: float,
+) -> None:
+    if addresses:
+        list_keys = (keys.list_version, keys.blocklist, keys.blocklist_ranges, keys.allowlist_ranges)
+        bounds = [lookup_bound(point) for point in points]
+        pipe.evalsha(_READ_LISTS_SHA, len(list_keys), *list_keys, *addresses, *bounds)
+    else:
+        pipe.get(keys.list_version)
     for user in users:
         pipe.execute_command("TDIGEST.INFO", keys.history(user))
         pipe.execute_command("TDIGEST.QUANTILE", keys.history(user), quantile)
-    replies = pipe.execute(raise_on_error=False)
 
-    listed: list[bool] = []
-    if ips:
-        membership = replies.pop(0)
-        if isinstance(membership, Exception):
-            raise membership
-        listed = [bool(int(flag)) for flag in membership]
+
+def _listing(point: Interval, flag: object, blocked_member: bytes, allowed_member: bytes) -> IpListing:
+    match = ""
+    if blocked_member:
+        blocked = parse_member(blocked_member)
+        if interval_contains(blocked, point):
+            match = "range " + describe_interval(blocked)
+    if not match and int(flag):  # type: ignore[call-overload]
+        match = "address"
+    allow_match = ""
+    if allowed_member:
+        allowed = parse_member(allowed_member)
+        if interval_contains(allowed, point):
+            allow_match = describe_interval(allowed)
+    return IpListing(blocklisted=bool(match), allowlisted=bool(allow_match), match=match, allow_match=allow_match)
+
+
+def read_batch(
+    client: redis.Redis, keys: Keys, ips: Iterable[str], user_ids: Iterable[str], quantile: float
+) -> BatchState:
+    """Read list membership of `ips`, the list version and each user's history in one round trip.
+
+    The list part is one call of `read_lists.lua`: the version, and per distinct IP the Bloom
+    filter of single addresses and one ZRANGE BYLEX lookup each in the blocklisted and the
+    allowlisted ranges (see scoring.ranges). A script runs atomically, so all of it comes from one
+    list version even while a refresh swaps in a new one, and no MULTI/EXEC is needed around it. A missing digest makes
+    TDIGEST.INFO and TDIGEST.QUANTILE fail; that means "no history". A quantile that is NaN
+    (RedisBloom returns it for one observation or none) becomes None.
+    """
+    addresses = list(dict.fromkeys(ips))
+    points = [address_interval(address) for address in addresses]
+    users = list(dict.fromkeys(user_ids))
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        _queue_batch_reads(pipe, keys, addresses, points, users, quantile)
+        replies = pipe.execute(raise_on_error=False)
+        if attempt == 1 and isinstance(replies[0], redis.exceptions.NoScriptError):
+            # The server restarted or flushed its script cache since the script was last loaded.
+            client.script_load(_READ_LISTS)
+            continue
+        break
+
+    first = replies[0]
+    if isinstance(first, Exception):
+        raise first
+    listings: dict[str, IpListing] = {}
+    if addresses:
+        version, flags, ranges = first[0], first[1], first[2:]
+        for index, (address, point) in enumerate(zip(addresses, points)):
+            listings[address] = _listing(point, flags[index], ranges[2 * index], ranges[2 * index + 1])
+    else:
+        version = first
 
     histories: dict[str, History] = {}
     for index, user in enumerate(users):
-        info, quantiles = replies[2 * index], replies[2 * index + 1]
+        info, quantiles = replies[1 + 2 * index], replies[2 + 2 * index]
         if isinstance(info, redis.ResponseError) or isinstance(quantiles, redis.ResponseError):
             if "does not exist" not in str(info) + str(quantiles):
                 raise info if isinstance(info, Exception) else quantiles  # type: ignore[misc]
@@ -227,7 +306,18 @@ def read_batch_state(
             continue
         value = _number(quantiles[0])
         histories[user] = History(count=_observations(info), quantile=value if math.isfinite(value) else None)
-    return listed, histories
+    return BatchState(None if version is None else decode_text(version), listings, histories)
+
+
+def read_batch_state(
+    client: redis.Redis, keys: Keys, ips: Sequence[str], user_ids: Iterable[str], quantile: float
+) -> tuple[list[bool], dict[str, History]]:
+    """Return whether each of `ips` is blocklisted (Bloom filter or range), and each user's history.
+
+    A shorthand of read_batch without the allowlist and the list version.
+    """
+    state = read_batch(client, keys, ips, user_ids, quantile)
+    return [state.listings[ip].blocklisted for ip in ips], state.histories
 
 
 # --- writes ---------------------------------------------------------------------------------------
@@ -247,6 +337,8 @@ class OutcomeRecord:
     detail: str
     original: Mapping[str, str]
     computed: Mapping[str, str]
+    window_key: str | None = None
+    """The user's window of approved amounts (`<prefix>:approved:<user_id>`), or None."""
 
 
 def _script_source() -> str:
@@ -265,10 +357,11 @@ class OutcomeWriter:
     # original fields; the model rejects entries with more fields than settings allow well below it.
     MAX_FIELDS = 1000
 
-    def __init__(self, client: redis.Redis, keys: Keys, compression: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, compression: int, window_size: int = 1000) -> None:
         self._client = client
         self._keys = keys
         self._compression = compression
+        self._window_size = window_size
         self._script = client.register_script(_script_source())
 
     def write(self, records: Sequence[OutcomeRecord]) -> list[str]:
@@ -288,7 +381,7 @@ class OutcomeWriter:
             document: dict[str, object] = {"s": record.stream_id, "t": index_of(record.tx_key)}
             if record.kind == "invalid":
                 pairs = list(record.original.items())[: self.MAX_FIELDS]
-                document.update(r=record.reason, d=record.detail, o=5 + len(raw_pairs), n=len(pairs))
+                document.update(r=record.reason, d=record.detail, o=7 + len(raw_pairs), n=len(pairs))
                 for name, value in pairs:
                     # Values may carry undecodable bytes as lone surrogates; restore the bytes.
                     raw_pairs += [name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")]
@@ -297,6 +390,7 @@ class OutcomeWriter:
                 fields += [item for pair in record.computed.items() for item in pair]
                 document.update(
                     h=index_of(record.history_key) if record.approved else 0,
+                    w=index_of(record.window_key) if record.approved else 0,
                     a=1 if record.approved else 0,
                     m=record.amount,
                     n=len(record.original),
@@ -304,7 +398,16 @@ class OutcomeWriter:
                 )
             documents.append(document)
 
-        args = [self._keys.consumer_group, self._compression, utc_now_iso(), json.dumps(documents), *raw_pairs]
+        approved_at_ms = int(time.time() * 1000)
+        args = [
+            self._keys.consumer_group,
+            self._compression,
+            utc_now_iso(),
+            json.dumps(documents),
+            self._window_size,
+            approved_at_ms,
+            *raw_pairs,
+        ]
         keys_in_order = sorted(key_index, key=key_index.__getitem__)
         statuses = self._script(keys=keys_in_order, args=args)
         return [s.decode() if isinstance(s, bytes) else s for s in statuses]

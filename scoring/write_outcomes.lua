@@ -6,19 +6,25 @@
 --   KEYS[3]  hash          <prefix>:stats; counters per status and the time of the last write
 --   KEYS[4+] hash          <prefix>:tx:<tx_id>, one per transaction in the batch
 --            T-Digest      <prefix>:history:<user_id>, one per user that learns an amount
+--            sorted set    <prefix>:approved:<user_id>, the user's window of approved amounts
 --
 -- ARGV[1] group, ARGV[2] digest compression, ARGV[3] scored_at, ARGV[4] the records as JSON,
--- ARGV[5+] original field pairs of invalid entries, kept out of the JSON because they may hold
+-- ARGV[5] window size (approved amounts kept per user), ARGV[6] approval time in ms,
+-- ARGV[7+] original field pairs of invalid entries, kept out of the JSON because they may hold
 -- bytes that are not UTF-8. A record is an object:
 --   s  stream id              t  tx key index in KEYS (0: none)
---   valid entries:   h  history key index (0: none), a  1 when approved, m  amount (text),
+--   valid entries:   h  history key index (0: none), w  window key index (0: none),
+--                    a  1 when approved, m  amount (text),
 --                    n  number of original field pairs at the start of f, f  field pairs to HSET
 --   invalid entries: r  reason, d  detail, o  index in ARGV of the first original pair, n  pairs
 --
--- Idempotence: a hash that already has an outcome is never overwritten. When that outcome came
--- from the same stream entry the record is a redelivery and nothing is written again; when it came
--- from another entry the record is a duplicate tx_id, counted on the hash and dead-lettered.
--- An amount feeds the user's digest only together with the outcome that approved it.
+-- Idempotence: an entry that is no longer pending in the group, or whose hash already has an
+-- outcome from the same stream entry, is a redelivery and nothing is written again. A hash that
+-- already has an outcome from another entry is never overwritten: the record is a duplicate tx_id,
+-- counted on the hash and dead-lettered.
+-- An amount feeds the user's digest and window only together with the outcome that approved it.
+-- A window member is `<stream id>|<amount>`, scored by the approval time; the window keeps the
+-- newest ARGV[5] members, and a history rebuild makes the digest from it.
 --
 -- Returns one status per record: "scored", "invalid", "duplicate" or "redelivered".
 
@@ -26,6 +32,8 @@ local group = ARGV[1]
 local compression = ARGV[2]
 local scored_at = ARGV[3]
 local records = cjson.decode(ARGV[4])
+local window_size = tonumber(ARGV[5])
+local approved_at = ARGV[6]
 
 local function original_pairs(record)
   local out = {}
@@ -61,8 +69,13 @@ for r, record in ipairs(records) do
     previous = redis.call('HMGET', tx_key, 'outcome', 'stream_id')
   end
 
+  -- An entry that is no longer pending was acknowledged by an earlier run of this script, which
+  -- wrote all of its effects in the same step, so running its batch again must change nothing.
+  -- The hash alone cannot tell, because a duplicate or a tx_id-less invalid entry has no hash of its own.
+  local pending = #redis.call('XPENDING', KEYS[1], group, stream_id, stream_id, 1) > 0
+
   local status
-  if previous[1] and previous[2] == stream_id then
+  if not pending or (previous[1] and previous[2] == stream_id) then
     status = 'redelivered'
   elseif previous[1] then
     status = 'duplicate'
@@ -86,6 +99,10 @@ for r, record in ipairs(records) do
         redis.call('TDIGEST.CREATE', history_key, 'COMPRESSION', compression)
       end
       redis.call('TDIGEST.ADD', history_key, record.m)
+      if record.w > 0 then
+        redis.call('ZADD', KEYS[record.w], approved_at, stream_id .. '|' .. record.m)
+        redis.call('ZREMRANGEBYRANK', KEYS[record.w], 0, -(window_size + 1))
+      end
       record.f[#record.f + 1] = 'learned'
       record.f[#record.f + 1] = '1'
     end

@@ -2,5 +2,5 @@
 
 from celery import Celery
 
-app = Celery("riskscore", include=["tasks.pipeline"])
+app = Celery("riskscore", include=["tasks.pipeline", "tasks.refresh"])
 app.config_from_object("tasks.celeryconfig")

@@ -15,6 +15,7 @@ from kombu import Queue
 from scoring.embedded import resolve_running_urls
 from scoring.errors import ConfigurationError
 from scoring.settings import get_settings
+from tasks.schedules import maintenance_entry
 
 
 def flower_auth_configured(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
@@ -44,6 +45,7 @@ _data_url, broker_url = resolve_running_urls(_settings)
 
 DRAIN_QUEUE = "riskscore.drain"
 SCORE_QUEUE = "riskscore.score"
+MAINTENANCE_QUEUE = "riskscore.maintenance"
 
 # Only JSON crosses the broker: pickle would let anyone who can write to the broker run code.
 task_serializer = "json"
@@ -83,10 +85,15 @@ worker_send_task_events = True
 task_send_sent_event = False
 
 # Drains get their own queue so that a long scoring backlog does not delay the next drain, and
-# every worker consumes both unless started with -Q.
-task_queues = [Queue(SCORE_QUEUE), Queue(DRAIN_QUEUE)]
+# every worker consumes all queues unless started with -Q. List refreshes and history rebuilds get
+# theirs too, so that they do not wait behind a scoring backlog either.
+task_queues = [Queue(SCORE_QUEUE), Queue(DRAIN_QUEUE), Queue(MAINTENANCE_QUEUE)]
 task_default_queue = SCORE_QUEUE
-task_routes = {"riskscore.drain": {"queue": DRAIN_QUEUE}}
+task_routes = {
+    "riskscore.drain": {"queue": DRAIN_QUEUE},
+    "riskscore.refresh_lists": {"queue": MAINTENANCE_QUEUE},
+    "riskscore.rebuild_histories": {"queue": MAINTENANCE_QUEUE},
+}
 
 timezone = "UTC"
 enable_utc = True
@@ -100,3 +107,13 @@ beat_schedule = {
         "options": {"expires": 2 * _settings.drain_interval_s},
     },
 }
+
+# The list refresh and the history rebuild, on the schedules of their settings (off drops the entry).
+# Each entry's expiry drops a run that waited too long in the queue; see tasks.schedules.
+for _name, _task, _schedule_text in (
+    ("refresh-lists", "riskscore.refresh_lists", _settings.blocklist_refresh_schedule),
+    ("rebuild-histories", "riskscore.rebuild_histories", _settings.history_refresh_schedule),
+):
+    _entry = maintenance_entry(_task, _schedule_text)
+    if _entry is not None:
+        beat_schedule[_name] = _entry

@@ -120,7 +120,15 @@ def drain() -> dict[str, int]:
     deadline = started + settings.drain_budget_s
     read_size = settings.batch_size * 10
 
-    claimed, deleted = reclaim(client, keys, consumer, int(settings.reclaim_idle_s * 1000), read_size)
+    try:
+        claimed, deleted = reclaim(client, keys, consumer, int(settings.reclaim_idle_s * 1000), read_size)
+    except redis.ResponseError as error:
+        if not str(error).startswith("NOGROUP"):
+            raise
+        # Deleting the stream deletes its group too, and without a new group every later drain fails.
+        log.warning("consumer group %r of stream %r is missing (%s); creating it again", keys.consumer_group, keys.stream, error)
+        ensure_group(client, keys)
+        claimed, deleted = reclaim(client, keys, consumer, int(settings.reclaim_idle_s * 1000), read_size)
     record_lost(client, keys, deleted)
     if claimed:
         log.warning("reclaimed %d entries idle over %.0f s", len(claimed), settings.reclaim_idle_s)

@@ -66,6 +66,8 @@ CASES: list[tuple[str, dict[str, object], str, str | None]] = [
     ("oversized_extra_field", {"note": "n" * 5000}, "invalid", "field_too_long"),
     ("too_many_fields", {f"f{i}": "1" for i in range(70)}, "invalid", "too_many_fields"),
     ("field_name_not_utf8", {b"\xff": "1"}, "invalid", "invalid_encoding"),
+    ("reserved_status_field", {"status": "Approved"}, "invalid", "reserved_field"),
+    ("reserved_outcome_field", {"outcome": "approved", "ip": LISTED_IP}, "invalid", "reserved_field"),
 ]
 
 

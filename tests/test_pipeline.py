@@ -41,7 +41,7 @@ class Pipeline:
     stacks: list[Stack] = field(default_factory=list)
 
     def start(self, workers: int = 1, beats: int = 1, concurrency: int = 2, **extra_env: str) -> None:
-        """Start worker and beat processes; each beat gets its own work folder and schedule file."""
+        """Start worker and beat processes. Each beat gets its own work folder and schedule file."""
         env = {**self.env, **extra_env}
         for number in range(max(workers, beats)):
             workdir = self.root / f"stack-{len(self.stacks)}"
@@ -54,6 +54,11 @@ class Pipeline:
                 stack.start_beat()
 
     def stop(self) -> None:
+        # Every process gets SIGTERM at once, so their warm shutdowns overlap. Stack.stop then waits.
+        for stack in self.stacks:
+            for child in stack.children:
+                if child.process.poll() is None:
+                    child.process.terminate()
         for stack in self.stacks:
             stack.stop()
 
@@ -64,7 +69,7 @@ class Pipeline:
         return "\n".join(tails)
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float = SCORING_TIMEOUT_S) -> None:
-        """Poll `predicate` until it is true; fail with the processes' logs on timeout or exit."""
+        """Poll `predicate` until it is true. Fail with the processes' logs on timeout or exit."""
         deadline = time.monotonic() + timeout_s
         while not predicate():
             for stack in self.stacks:
@@ -107,7 +112,7 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(redis_client: redis.Redis, redis_server: ServerInfo, tmp_path: Path) -> Iterator[Pipeline]:
-    """A fresh key namespace and an empty broker database; call `start` to run processes.
+    """A fresh key namespace and an empty broker database. Call `start` to run processes.
 
     FLUSHALL (by redis_client) empties the broker too, so no task left over from an earlier test
     reaches this test's workers.
@@ -120,10 +125,13 @@ def pipeline(redis_client: redis.Redis, redis_server: ServerInfo, tmp_path: Path
         key_prefix=prefix,
         stream=f"{prefix}:transactions",
     )
+    # A drain waits on the stream for its whole budget, so the budget stays below the beat interval.
+    # Otherwise waiting drains pile up and hold every worker process.
     env = {
         **stack_env(settings, redis_server.url(0), redis_server.url(1)),
         "RISK_DATA_DIR": str(tmp_path),
         "RISK_DRAIN_INTERVAL_S": "0.2",
+        "RISK_DRAIN_BUDGET_S": "0.15",
     }
     client = connect(redis_server.url(0))
     running = Pipeline(client, settings, Keys.from_settings(settings), env, tmp_path)
@@ -174,7 +182,7 @@ def test_mixed_entries_get_outcomes(pipeline):
 
 
 def test_abandoned_entries_are_reclaimed(pipeline):
-    # A consumer that read entries and died leaves them pending; the drain claims them again.
+    # A consumer that read entries and died leaves them pending, and the drain claims them again.
     ids = pipeline.add([tx(f"tx_{n}") for n in range(5)])
     pipeline.client.xgroup_create(pipeline.keys.stream, pipeline.keys.consumer_group, id="0")
     pipeline.client.xreadgroup(pipeline.keys.consumer_group, "dead-worker", {pipeline.keys.stream: ">"}, count=10)
@@ -249,3 +257,16 @@ def test_demo_command_prints_prototype_outcomes(tmp_path):
     assert statuses == {"tx_1001": "Approved", "tx_1002": "pending", "tx_1003": "Approved", "tx_1004": "pending"}
     assert "Outcomes match the prototype" in completed.stdout
     assert not (tmp_path / "data").exists()
+
+
+def test_recreated_stream_is_scored(pipeline):
+    # Deleting the stream deletes its consumer group too, so running drains must create it again.
+    pipeline.start()
+    pipeline.add([tx("tx_before")])
+    pipeline.wait_for(lambda: pipeline.acknowledged() >= 1)
+    pipeline.client.delete(pipeline.keys.stream)
+
+    ids = pipeline.add([tx("tx_after")])
+    pipeline.wait_for(lambda: pipeline.acknowledged() >= 1, timeout_s=20)
+
+    assert pipeline.outcome("tx_after")["stream_id"] == ids[0]

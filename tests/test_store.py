@@ -148,7 +148,7 @@ def test_batch_state_missing_digest(client, keys):
     assert histories["nobody"] == History(count=0, quantile=None)
 
 
-def test_batch_state_one_observation_has_no_quantile(client, keys):
+def test_one_observation_has_no_quantile(client, keys):
     # RedisBloom 2.8.2 returns nan as the quantile of a digest with one observation.
     add_history(client, keys, "newcomer", [42.0])
 
@@ -157,7 +157,7 @@ def test_batch_state_one_observation_has_no_quantile(client, keys):
     assert histories["newcomer"] == History(count=1, quantile=None)
 
 
-def test_batch_state_empty_digest_has_no_quantile(client, keys):
+def test_empty_digest_has_no_quantile(client, keys):
     client.execute_command("TDIGEST.CREATE", keys.history("empty"))
 
     _listed, histories = read_batch_state(client, keys, [], ["empty"], 0.8)
@@ -177,13 +177,13 @@ def test_batch_state_normal_digest(client, keys):
     assert expected == 560.0
 
 
-def test_batch_state_missing_filter_lists_nothing(client, keys):
+def test_missing_filter_lists_nothing(client, keys):
     listed, _histories = read_batch_state(client, keys, ["198.51.100.7", LISTED_IP], [], 0.8)
 
     assert listed == [False, False]
 
 
-def test_batch_state_reads_membership_in_order(client, keys):
+def test_membership_read_in_order(client, keys):
     load_blocklist(client, keys, [LISTED_IP], error_rate=0.01, capacity=1000)
 
     listed, _histories = read_batch_state(client, keys, ["198.51.100.7", LISTED_IP, "198.51.100.8"], [], 0.8)
@@ -259,7 +259,7 @@ def test_record_lost_dead_letters_and_acks(client, keys):
 # --- outcome writes: idempotence and duplicates ---------------------------------------------------
 
 
-def test_rescoring_same_entries_is_redelivery(client, keys, settings):
+def test_rescored_entries_are_redelivered(client, keys, settings):
     add_history(client, keys, "user_1", USER_1_AMOUNTS)
     add_entries(client, keys, [tx("tx_1", amount="500"), tx("tx_2", amount="510")])
     entries = read_all(client, keys)
@@ -287,7 +287,7 @@ def test_approved_amount_learned_once(client, keys, settings):
     scorer.score(entries)
     scorer.score(entries)
 
-    # 333 is below every other amount but 200, so the digest's rank of 333 counts it once.
+    # Only 200 is below 333, so the rank of 333 is 1 when it was added once and 2 when added twice.
     rank = client.execute_command("TDIGEST.RANK", keys.history("user_1"), 333)[0]
     assert observations(client, keys, "user_1") == 11
     assert int(rank) == 1
@@ -353,7 +353,7 @@ def test_duplicate_across_batches(client, keys, settings):
 
 
 def test_prewritten_hash_gets_outcome(client, keys, settings):
-    # A producer may write the hash before the entry, as the prototype did; that is no duplicate.
+    # A producer may write the hash before the entry, as the prototype did. That is no duplicate.
     add_history(client, keys, "user_1", USER_1_AMOUNTS)
     client.hset(keys.transaction("tx_1"), mapping={"tx_id": "tx_1", "status": "pending", "amount": "500"})
     add_entries(client, keys, [tx("tx_1", amount="500")])
@@ -460,7 +460,7 @@ def test_mixed_batch_acknowledges_every_entry(client, keys, settings):
 # --- key injection --------------------------------------------------------------------------------
 
 
-def test_tx_id_naming_filter_leaves_filter_alone(client, keys, settings):
+def test_tx_id_naming_filter_is_harmless(client, keys, settings):
     load_blocklist(client, keys, [LISTED_IP, "203.0.113.10"], error_rate=0.01, capacity=1000)
     add_history(client, keys, "alice", USER_1_AMOUNTS)
     filter_info_before = client.execute_command("BF.INFO", keys.blocklist)
@@ -471,7 +471,7 @@ def test_tx_id_naming_filter_leaves_filter_alone(client, keys, settings):
 
     result = BatchScorer(client, settings).score(read_all(client, keys))
 
-    # Keys with fixed names (the stats hash, say) may appear too: no identifier can spell them.
+    # Keys with fixed names (the stats hash, say) may appear too, because no identifier can spell them.
     new_keys = {key.decode() for key in set(client.keys("*")) - keys_before}
     identifier_keys = {key for key in new_keys if key not in (keys.stats, keys.dead_letter, keys.drain_heartbeat)}
     assert result.outcomes == {"flagged": 1}
@@ -482,7 +482,7 @@ def test_tx_id_naming_filter_leaves_filter_alone(client, keys, settings):
     assert identifier_keys == {keys.transaction(keys.blocklist)}
 
 
-def test_user_id_naming_history_learns_own_key(client, keys, settings):
+def test_user_id_naming_history_is_harmless(client, keys, settings):
     add_history(client, keys, "alice", USER_1_AMOUNTS)
     injected_user = keys.history("alice")
     add_entries(client, keys, [tx("tx_1", user_id=injected_user, amount="5")])
@@ -522,7 +522,7 @@ def test_cold_start_flag_policy_flags(client, keys, settings):
     assert observations(client, keys, "newcomer") == 1
 
 
-def test_cold_start_flag_policy_scores_rich_user(client, keys, settings):
+def test_flag_policy_spares_rich_user(client, keys, settings):
     flagging = settings.model_copy(update={"cold_start_policy": ColdStartPolicy.FLAG})
     add_history(client, keys, "user_1", USER_1_AMOUNTS)
     add_entries(client, keys, [tx("tx_1", amount="500")])
