@@ -31,7 +31,7 @@ import redis
 from scoring.errors import InputFormatError
 from scoring.keys import Keys
 from scoring.lists import BlocklistParse, ListFormat, decode_lines, guess_format_of_lines, parse_blocklist
-from scoring.locks import SingleFlightLock
+from scoring.locks import SingleFlightLock, lock_holder
 from scoring.ranges import IntervalIndex, address_interval, merge_intervals, network_interval, range_member
 from scoring.settings import Settings
 from scoring.sources import FetchError, FetchLimits, ListSource, SourceKind, fetch
@@ -545,8 +545,6 @@ def refresh_lists(
 
 def list_status(client: redis.Redis, keys: Keys, settings: Settings) -> dict[str, Any]:
     """Gather the live version, the last run, the running refresh and every known source's status."""
-    from scoring.locks import lock_holder
-
     live = live_manifest(client, keys)
     names = [source.name for source in settings.blocklist_sources]
     for item in (live or {}).get("sources", []):

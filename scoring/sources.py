@@ -64,6 +64,10 @@ class ListSource(BaseModel):
             parts = urlsplit(self.url)
             if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"source {self.name!r}: url must be http:// or https:// with a host")
+            try:
+                parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+            except ValueError:
+                raise ValueError(f"source {self.name!r}: url has an invalid port") from None
         return self
 
     @property

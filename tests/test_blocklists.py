@@ -19,7 +19,7 @@ import redis
 from click.testing import CliRunner
 from list_server import ListServer
 
-from scoring.blocklists import SourceResult, live_manifest, refresh_lists, swap_in
+from scoring.blocklists import SourceOutcome, SourceResult, live_manifest, refresh_lists, swap_in
 from scoring.cli import cli
 from scoring.embedded import ServerInfo
 from scoring.engine import BatchResult, BatchScorer
@@ -393,8 +393,8 @@ def test_swap_refused_without_lock(client, keys, settings, tmp_path):
     source = file_source(tmp_path / "list.txt", "192.0.2.1\n")
     first = refresh_lists(client, keys, settings, [source])
     stranger = SingleFlightLock(client, keys.list_lock)
-    outcome = refresh_lists(client, keys, settings, [source]).outcomes[0]
-    outcome = type(outcome)(outcome.source, SourceResult.updated, data=outcome.data, data_is_new=True)
+    data = refresh_lists(client, keys, settings, [source]).outcomes[0].data
+    outcome = SourceOutcome(source, SourceResult.updated, data=data, data_is_new=True)
 
     with pytest.raises(redis.ResponseError, match="LOCKLOST"):
         swap_in(client, keys, stranger, [outcome], error_rate=0.01, capacity=10)

@@ -26,6 +26,8 @@ def test_location_of_path(tmp_path):
         {"name": "x", "path": "/a", "url": "http://127.0.0.1/a"},
         {"name": "x", "url": "ftp://127.0.0.1/a"},
         {"name": "x", "url": "http:///a"},
+        {"name": "x", "url": "http://127.0.0.1:port/a"},
+        {"name": "x", "url": "http://127.0.0.1:99999/a"},
         {"name": "bad name", "path": "/a"},
         {"name": "x", "path": "/a", "kind": "denylist"},
         {"name": "x", "path": "/a", "min_count": 0},
