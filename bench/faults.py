@@ -470,7 +470,7 @@ def verify(
     sent: list[Sent],
     history_counts: dict[str, int],
 ) -> dict[str, Any]:
-    """Compare what the server holds with what the producer sent.
+    """Compare the server's data with what the producer sent.
 
     Returns counts of lost effects (an entry with no outcome or no dead letter, an entry missing
     from the stream, a history missing an approved amount) and of duplicated effects (an outcome
@@ -578,7 +578,7 @@ def verify(
             duplicated["letter"] += len(found) - 1
             problems.append(f"{len(found)} dead letters for entry {source_id}")
 
-    # Each user's digest holds the loaded history plus each approved amount once.
+    # Each user's digest contains the loaded history plus each approved amount once.
     pipe = client.pipeline(transaction=False)
     users = sorted(history_counts)
     for user in users:
@@ -602,7 +602,7 @@ def verify(
         duplicated["scored"] += stats["scored"] - expected_scored
         problems.append(f"{stats['scored']} scored writes for {expected_scored} distinct transactions")
 
-    # Per transaction: lost when any of its effects is missing, duplicated when any is applied twice.
+    # These count effects, not transactions: one transaction that went wrong can count more than once.
     return {
         "lost": sum(lost.values()),
         "duplicated": sum(duplicated.values()),
@@ -808,7 +808,7 @@ def _run(
         checks = verify(client, keys, producer.sent, history_counts)
         stats = checks["stats"]
 
-        # A worker that lived through the restart and is still running must have run tasks since.
+        # Each worker process alive when the server came back must run tasks again.
         consumed_after_restart = (
             [] if restart_ended_at is None else tasks_after(cluster, restart_ended_at, time.time())
         )

@@ -148,6 +148,7 @@ def _flower_password(settings: Settings) -> tuple[str, str]:
 def run(concurrency: int | None, flower: bool, loglevel: str) -> None:
     """Run the whole local stack in the foreground: server, worker, beat and Flower.
 
+    A worker, beat or Flower that exits is started again, up to 5 times in 5 minutes each.
     Ctrl-C stops beat, then the worker (after its running tasks), then Flower and the server.
     """
     settings = get_settings()
@@ -439,6 +440,20 @@ def _print_status(report: dict[str, object]) -> None:
         click.echo(f"last drain        {drain['at']} ({drain['age_s']:.1f} s ago): read {drain['read']}, reclaimed {drain['reclaimed']}, lost {drain['lost']}, tasks {drain['tasks']}")
     else:
         click.echo("last drain        never")
+    lists = report["lists"]
+    assert isinstance(lists, dict)
+    last_refresh = lists["last_refresh"] or {}
+    click.echo(
+        f"list version      {lists['version'] or 'none (no refresh has run)'}; last refresh "
+        f"{last_refresh.get('at', 'never')} {last_refresh.get('result', '')}".rstrip()
+    )
+    for source in lists["sources"]:
+        error = f", last error {source['last_error']!r} at {source['last_error_at']}" if source.get("last_error") else ""
+        click.echo(f"  source {source['name']}: last success {source['last_success_at'] or 'never'}{error}")
+    history = report["history_rebuild"]
+    assert isinstance(history, dict)
+    state = history["state"] or {}
+    click.echo(f"history rebuild   last finished {state.get('last_finished_at', 'never')}{' (running)' if history['running'] else ''}")
     click.echo(f"broker queues     {report['broker_queues']}")
     workers = report["workers"]
     click.echo(f"workers           {', '.join(workers) if workers else 'none answered'}")  # type: ignore[arg-type]

@@ -8,6 +8,8 @@ from typing import Any
 
 import redis
 
+from scoring.blocklists import list_status
+from scoring.histories import history_status
 from scoring.keys import Keys
 from scoring.model import decode_text
 from scoring.settings import Settings
@@ -81,6 +83,20 @@ def collect_status(
         if value.isdigit():
             heartbeat[name] = int(value)
     report["drain"] = {**heartbeat, "age_s": _age_s(heartbeat.get("at"), now)} if heartbeat else None
+
+    lists = list_status(client, keys, settings)
+    live = lists["live"] or {}
+    report["lists"] = {
+        "version": live.get("version"),
+        "last_refresh": lists["last_run"],
+        "refresh_running": lists["running"] is not None,
+        "sources": [
+            {name: source.get(name) for name in ("name", "last_success_at", "last_error", "last_error_at")}
+            for source in lists["sources"]
+        ],
+    }
+    history = history_status(client, keys, settings)
+    report["history_rebuild"] = {"state": history["state"], "running": history["running"] is not None}
 
     report["broker_queues"] = (
         {queue: int(broker.llen(queue)) for queue in (SCORE_QUEUE, DRAIN_QUEUE)} if broker is not None else None

@@ -66,7 +66,7 @@ def test_recent_drain_with_queued_drain_is_healthy():
 def test_status_reports_worker_that_consumes_nothing(
     redis_client: redis.Redis, redis_server: ServerInfo, tmp_path: Path
 ):
-    # The worker answers pings but listens on another queue, as a worker does that reconnected
+    # The worker replies to pings but listens on another queue, like a worker that reconnected
     # to the broker and never consumes again.
     prefix = f"st-{uuid.uuid4().hex[:8]}"
     settings = load_settings(
