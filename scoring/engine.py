@@ -64,9 +64,9 @@ def _computed_fields(
 class BatchScorer:
     """Scores batches against one Redis server with one settings object.
 
-    Each batch costs two round trips: one MULTI/EXEC reads the list version, Bloom and range
-    membership for every IP and the history of every distinct user, and one script call writes all
-    outcomes and acknowledgements.
+    Each batch costs two round trips. One pipeline reads the list version and the Bloom and range
+    membership of every IP (one script call) and the history of every distinct user, and one
+    script call writes all outcomes and acknowledgements.
     """
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
