@@ -223,6 +223,8 @@ def _read_lists_source() -> str:
 
 _READ_LISTS = _read_lists_source()
 _READ_LISTS_SHA = hashlib.sha1(_READ_LISTS.encode()).hexdigest()
+_READ_HISTORIES = resources.files("scoring").joinpath("read_histories.lua").read_text(encoding="utf-8")
+_READ_HISTORIES_SHA = hashlib.sha1(_READ_HISTORIES.encode()).hexdigest()
 
 
 def _queue_batch_reads(
@@ -239,9 +241,8 @@ def _queue_batch_reads(
         pipe.evalsha(_READ_LISTS_SHA, len(list_keys), *list_keys, *addresses, *bounds)
     else:
         pipe.get(keys.list_version)
-    for user in users:
-        pipe.execute_command("TDIGEST.INFO", keys.history(user))
-        pipe.execute_command("TDIGEST.QUANTILE", keys.history(user), quantile)
+    if users:
+        pipe.evalsha(_READ_HISTORIES_SHA, len(users), *(keys.history(user) for user in users), quantile)
 
 
 def _listing(point: Interval, flag: object, blocked_member: bytes, allowed_member: bytes) -> IpListing:
@@ -268,9 +269,9 @@ def read_batch(
     The list part is one call of `read_lists.lua`: the version, and per distinct IP the Bloom
     filter of single addresses and one ZRANGE BYLEX lookup each in the blocklisted and the
     allowlisted ranges (see scoring.ranges). A script runs atomically, so all of it comes from one
-    list version even while a refresh swaps in a new one, and no MULTI/EXEC is needed around it. A missing digest makes
-    TDIGEST.INFO and TDIGEST.QUANTILE fail; that means "no history". A quantile that is NaN
-    (RedisBloom returns it for one observation or none) becomes None.
+    list version even while a refresh swaps in a new one, and no MULTI/EXEC is needed around it.
+    The histories are one call of `read_histories.lua`. A missing digest has no history; a
+    quantile that is NaN (RedisBloom returns it for one observation or none) becomes None.
     """
     addresses = list(dict.fromkeys(ips))
     points = [address_interval(address) for address in addresses]
@@ -279,9 +280,10 @@ def read_batch(
         pipe = client.pipeline(transaction=False)
         _queue_batch_reads(pipe, keys, addresses, points, users, quantile)
         replies = pipe.execute(raise_on_error=False)
-        if attempt == 1 and isinstance(replies[0], redis.exceptions.NoScriptError):
-            # The server restarted or flushed its script cache since the script was last loaded.
+        if attempt == 1 and any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            # The server restarted or flushed its script cache since the scripts were last loaded.
             client.script_load(_READ_LISTS)
+            client.script_load(_READ_HISTORIES)
             continue
         break
 
@@ -297,15 +299,13 @@ def read_batch(
         version = first
 
     histories: dict[str, History] = {}
-    for index, user in enumerate(users):
-        info, quantiles = replies[1 + 2 * index], replies[2 + 2 * index]
-        if isinstance(info, redis.ResponseError) or isinstance(quantiles, redis.ResponseError):
-            if "does not exist" not in str(info) + str(quantiles):
-                raise info if isinstance(info, Exception) else quantiles  # type: ignore[misc]
-            histories[user] = History(count=0, quantile=None)
-            continue
-        value = _number(quantiles[0])
-        histories[user] = History(count=_observations(info), quantile=value if math.isfinite(value) else None)
+    if users:
+        reply = replies[1]
+        if isinstance(reply, Exception):
+            raise reply
+        for index, user in enumerate(users):
+            value = _number(reply[2 * index + 1])
+            histories[user] = History(count=int(reply[2 * index]), quantile=value if math.isfinite(value) else None)
     return BatchState(None if version is None else decode_text(version), listings, histories)
 
 
