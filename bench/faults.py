@@ -472,10 +472,10 @@ def verify(
 ) -> dict[str, Any]:
     """Compare the server's data with what the producer sent.
 
-    Returns counts of lost effects (an entry with no outcome or no dead letter, an entry missing
-    from the stream, a history missing an approved amount) and of duplicated effects (an outcome
-    written twice, an entry dead-lettered twice, a duplicate counted twice, an amount learned
-    twice), and up to 20 example problems.
+    Returns counts of lost effects: an entry with no outcome or no dead letter, an entry missing
+    from the stream, a history missing an approved amount. Also counts of duplicated effects: an
+    outcome written twice, an entry dead-lettered twice, a duplicate counted twice, an amount
+    learned twice. Up to 20 example problems describe what went wrong.
     """
     problems: list[str] = []
     lost = Counter[str]()
