@@ -18,7 +18,8 @@ import redis
 
 from scoring import demo as demo_scenario
 from scoring.capability import check_capabilities
-from scoring.cli_lists import blocklist, history
+from scoring.blocklists import refresh_lists
+from scoring.cli_lists import print_refresh_report, sources_from_options, blocklist, history
 from scoring import replay as replay_mod
 from scoring.embedded import find_running, redis_urls, resolve_running_urls
 from scoring.errors import RiskscoreError
@@ -52,6 +53,7 @@ def stack_env(settings: Settings, data_url: str, broker_url: str) -> dict[str, s
         "RISK_KEY_PREFIX": settings.key_prefix,
         "RISK_STREAM": settings.stream,
         "RISK_CONSUMER_GROUP": settings.consumer_group,
+        "RISK_ALLOWLIST_RESERVED": "true" if settings.allowlist_reserved else "false",
     }
 
 
@@ -249,7 +251,9 @@ def load_history_command(file: Path, user_column: str, amount_column: str, repla
 @click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CSV of past amounts per user, loaded before the replay.")
 @click.option("--history-user-column", default="user_id", show_default=True, help="User column of the --history file.")
 @click.option("--history-amount-column", default="amount", show_default=True, help="Amount column of the --history file.")
-@click.option("--blocklist", "blocklists", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="IP blocklist file to load first; repeatable.")
+@click.option("--blocklist", "blocklists", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="IP blocklist file (addresses and CIDR ranges, any supported format) to load first; repeatable.")
+@click.option("--allow", "allowlists", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="IP allowlist file, which wins over every blocklist; repeatable.")
+@click.option("--allow-reserved", is_flag=True, help="Allowlist private and reserved ranges (RISK_ALLOWLIST_RESERVED) for this replay.")
 @click.option("--min-count", default=1, show_default=True, help="ipsum blocklists: minimum blacklist count of an IP.")
 @click.option("--map", "mappings", multiple=True, metavar="FIELD=COLUMN", help="Read FIELD (tx_id, user_id, amount, ip) from COLUMN; repeatable.")
 @click.option("--carry", multiple=True, metavar="COLUMN", help="Copy COLUMN from the input into the output; repeatable.")
@@ -265,6 +269,8 @@ def replay(
     history_user_column: str,
     history_amount_column: str,
     blocklists: tuple[Path, ...],
+    allowlists: tuple[Path, ...],
+    allow_reserved: bool,
     min_count: int,
     mappings: tuple[str, ...],
     carry: tuple[str, ...],
@@ -299,7 +305,10 @@ def replay(
     out_path = out_file or transactions.with_suffix(".outcomes.csv")
 
     prefix = replay_mod.new_namespace()
-    settings = load_settings(key_prefix=prefix, stream=f"{prefix}:transactions")
+    overrides: dict[str, object] = {"key_prefix": prefix, "stream": f"{prefix}:transactions"}
+    if allow_reserved:
+        overrides["allowlist_reserved"] = True
+    settings = load_settings(**overrides)
     keys = Keys.from_settings(settings)
     with connected(settings, ephemeral=settings.redis_url is None and find_running(settings.data_dir) is None) as (
         client,
@@ -307,7 +316,9 @@ def replay(
         broker_url,
     ):
         try:
-            _replay_loads(client, keys, settings, history_file, history_user_column, history_amount_column, blocklists, min_count)
+            _replay_loads(
+                client, keys, settings, history_file, history_user_column, history_amount_column, blocklists, allowlists, min_count
+            )
             ensure_group(client, keys)
             with tempfile.TemporaryDirectory(prefix="riskscore-replay-") as workdir:
                 with Stack(env=stack_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
@@ -336,16 +347,24 @@ def _replay_loads(
     user_column: str,
     amount_column: str,
     blocklists: tuple[Path, ...],
+    allowlists: tuple[Path, ...],
     min_count: int,
 ) -> None:
-    for path in blocklists:
-        list_format = guess_format(path)
-        parsed = read_blocklist(path, list_format, min_count=min_count)
-        load_blocklist(client, keys, parsed.addresses, error_rate=settings.bloom_error_rate, capacity=settings.bloom_capacity)
-        click.echo(f"Blocklist {path.name} ({list_format.value}): {parsed.summary()}")
+    sources = sources_from_options(tuple(map(str, blocklists)), tuple(map(str, allowlists)), None, min_count)
+    if sources:
+        report = refresh_lists(client, keys, settings, sources)
+        print_refresh_report(report)
+        if report.failed or not report.swapped:
+            raise click.ClickException("the replay's lists could not be loaded; see the report above")
     if history_file:
         history = read_history(history_file, user_column=user_column, amount_column=amount_column)
-        total = load_history(client, keys, history.amounts_by_user, compression=settings.tdigest_compression)
+        total = load_history(
+            client,
+            keys,
+            history.amounts_by_user,
+            compression=settings.tdigest_compression,
+            window_count=settings.history_window_count,
+        )
         click.echo(f"History {history_file.name}: {total} amounts for {len(history.amounts_by_user)} users")
 
 

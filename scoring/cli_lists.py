@@ -89,7 +89,7 @@ def parse_source_option(text: str, kind: SourceKind, fmt: str | None, min_count:
         raise click.BadParameter(f"invalid source {text!r}: {problems}") from None
 
 
-def _sources_from_options(
+def sources_from_options(
     blocklists: tuple[str, ...], allowlists: tuple[str, ...], fmt: str | None, min_count: int
 ) -> list[ListSource] | None:
     if not blocklists and not allowlists:
@@ -105,7 +105,7 @@ def _sources_from_options(
 # --- output ---------------------------------------------------------------------------------------
 
 
-def _print_report(report: RefreshReport) -> None:
+def print_refresh_report(report: RefreshReport) -> None:
     for outcome in report.outcomes:
         source = outcome.source
         click.echo(f"{source.name} ({source.kind.value}, {source.location}): {outcome.result.value}")
@@ -143,7 +143,7 @@ def _run_refresh(sources: list[ListSource] | None, force: bool, as_json: bool) -
     elif report.skipped is not None:
         click.echo(f"Refresh skipped: {report.skipped}.", err=True)
     else:
-        _print_report(report)
+        print_refresh_report(report)
     sys.exit(_exit_code(report))
 
 
@@ -177,7 +177,7 @@ def blocklist_refresh(
     timeout, body too large, no entries, too many invalid lines, too large a drop) keeps its last
     accepted entries. Exits with 1 when a source failed or another refresh was running.
     """
-    sources = _sources_from_options(blocklists, allowlists, fmt, min_count)
+    sources = sources_from_options(blocklists, allowlists, fmt, min_count)
     if sources is None and not get_settings().blocklist_sources:
         raise click.UsageError("no list sources: set RISK_BLOCKLIST_SOURCES, or give --source or --allow")
     _run_refresh(sources, force, as_json)
