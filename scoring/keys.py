@@ -7,7 +7,7 @@ key: a transaction whose id is `riskscore:blocklist:ip` writes the hash
 
 | key | Redis type | contents | expiry |
 |---|---|---|---|
-| `<stream>` (default `transactions`) | stream | input entries: tx_id, user_id, amount, ip, extra fields | trimmed by the producer |
+| `<stream>` (default `transactions`) | stream | input entries: tx_id, user_id, amount, ip, extra fields | acknowledged entries older than RISK_STREAM_RETENTION_S are trimmed by the drain |
 | `<prefix>:tx:<tx_id>` | hash | one transaction: its fields, outcome, status, score, reasons | none |
 | `<prefix>:history:<user_id>` | T-Digest | the user's amounts | none |
 | `<prefix>:blocklist:ip` | Bloom filter | canonical texts of listed IP addresses | none |

@@ -73,6 +73,10 @@ def amount_rule(amount: float, history: History, params: RuleParams) -> tuple[in
         vote = 1 if params.cold_start_policy is ColdStartPolicy.FLAG else 0
         return vote, Rule.INSUFFICIENT_HISTORY, None
     threshold = params.multiplier * quantile
+    if not math.isfinite(threshold):
+        # multiplier x quantile overflowed: an infinite threshold would approve every amount.
+        vote = 1 if params.cold_start_policy is ColdStartPolicy.FLAG else 0
+        return vote, Rule.INSUFFICIENT_HISTORY, None
     if amount >= threshold:
         return 1, Rule.AMOUNT_ABOVE_THRESHOLD, threshold
     return 0, None, threshold

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from scoring.errors import ConfigurationError
 from scoring.sources import ListSource, check_unique_names
@@ -74,6 +74,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        # inf would switch a rule off (RISK_MULTIPLIER=inf) or overflow a timeout conversion.
+        allow_inf_nan=False,
     )
 
     # Connections. With no redis_url, commands use the embedded server.
@@ -276,6 +278,10 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         raise ConfigurationError(_describe(error)) from None
+    except SettingsError as error:
+        # Raised for a variable that is not valid JSON where JSON is expected; its message names
+        # the field and the source, not the value.
+        raise ConfigurationError(f"invalid settings: {error}") from None
 
 
 @functools.cache

@@ -159,7 +159,9 @@ def _connection(url: str, connect_timeout_s: float) -> tuple[http.client.HTTPCon
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"unsupported URL {url!r}: only http:// and https:// URLs with a host are fetched")
+        # Only the scheme and host are shown: the query of a redirect target may hold a token.
+        shown = f"{parts.scheme}://{parts.hostname or ''}"
+        raise FetchError(f"unsupported URL {shown!r}: only http:// and https:// URLs with a host are fetched")
     target = parts.path or "/"
     if parts.query:
         target += f"?{parts.query}"

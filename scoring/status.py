@@ -14,7 +14,7 @@ from scoring.keys import Keys
 from scoring.model import decode_text
 from scoring.settings import Settings
 
-# Broker queues of the Celery app; the same names as in tasks.celeryconfig.
+# Broker queues of the Celery app, used by tasks.celeryconfig.
 SCORE_QUEUE = "riskscore.score"
 DRAIN_QUEUE = "riskscore.drain"
 

@@ -166,17 +166,6 @@ def _id_order(entry_id: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
-def fetch_entries(client: redis.Redis, keys: Keys, entry_ids: Sequence[str]) -> list[Entry]:
-    """Return the entries with these ids, in order, skipping ids no longer in the stream."""
-    pipe = client.pipeline(transaction=False)
-    for entry_id in entry_ids:
-        pipe.xrange(keys.stream, entry_id, entry_id, count=1)
-    found: list[Entry] = []
-    for reply in pipe.execute():
-        found.extend(_decode_entries(reply))
-    return found
-
-
 # --- batch reads ----------------------------------------------------------------------------------
 
 
@@ -184,15 +173,6 @@ def _number(value: object) -> float:
     if isinstance(value, bytes):
         value = value.decode()
     return float(value)  # type: ignore[arg-type]
-
-
-def _observations(info: object) -> int:
-    if isinstance(info, dict):
-        items = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
-    else:
-        flat = list(info)  # type: ignore[call-overload]
-        items = {(k.decode() if isinstance(k, bytes) else k): v for k, v in zip(flat[::2], flat[1::2])}
-    return int(_number(items.get("Observations", 0)))
 
 
 @dataclass(frozen=True)

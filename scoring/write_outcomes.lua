@@ -77,7 +77,9 @@ for r, record in ipairs(records) do
   local status
   if not pending or (previous[1] and previous[2] == stream_id) then
     status = 'redelivered'
-  elseif previous[1] then
+  elseif previous[1] and (previous[1] ~= 'invalid' or record.r) then
+    -- A valid entry may replace an invalid outcome (the producer corrected and resent it);
+    -- any other outcome stays, and the later entry is a duplicate.
     status = 'duplicate'
     redis.call('HINCRBY', tx_key, 'duplicates', 1)
     redis.call('HSET', tx_key, 'last_duplicate_id', stream_id)
@@ -95,20 +97,27 @@ for r, record in ipairs(records) do
     local learns = record.a == 1 and record.h > 0
     if learns then
       local history_key = KEYS[record.h]
-      if redis.call('EXISTS', history_key) == 0 then
+      local digest_existed = redis.call('EXISTS', history_key) == 1
+      if not digest_existed then
         redis.call('TDIGEST.CREATE', history_key, 'COMPRESSION', compression)
       end
       redis.call('TDIGEST.ADD', history_key, record.m)
-      if record.w > 0 then
+      -- A digest that exists without a window (loaded without one) gets no window, because the
+      -- next rebuild would replace the whole digest with that one-amount window.
+      if record.w > 0 and (not digest_existed or redis.call('EXISTS', KEYS[record.w]) == 1) then
         redis.call('ZADD', KEYS[record.w], approved_at, stream_id .. '|' .. record.m)
         redis.call('ZREMRANGEBYRANK', KEYS[record.w], 0, -(window_size + 1))
       end
       record.f[#record.f + 1] = 'learned'
       record.f[#record.f + 1] = '1'
     end
+    if previous[1] == 'invalid' then
+      redis.call('HDEL', tx_key, 'detail', 'status')
+    end
     redis.call('HSET', tx_key, unpack(record.f))
     if record.a ~= 1 then
-      -- A flagged transaction keeps the status its producer gave it, or gets 'pending'.
+      -- A flagged transaction keeps the status written into its hash before it was scored (the
+      -- prototype's producers wrote `pending`), or gets 'pending'.
       redis.call('HSETNX', tx_key, 'status', 'pending')
     end
   end

@@ -15,6 +15,7 @@ from kombu import Queue
 from scoring.embedded import resolve_running_urls
 from scoring.errors import ConfigurationError
 from scoring.settings import get_settings
+from scoring.status import DRAIN_QUEUE, SCORE_QUEUE
 from tasks.schedules import maintenance_entry
 
 
@@ -43,8 +44,6 @@ _settings = get_settings()
 check_flower_auth(sys.argv, os.environ, _settings.flower_allow_no_auth)
 _data_url, broker_url = resolve_running_urls(_settings)
 
-DRAIN_QUEUE = "riskscore.drain"
-SCORE_QUEUE = "riskscore.score"
 MAINTENANCE_QUEUE = "riskscore.maintenance"
 
 # Only JSON crosses the broker: pickle would let anyone who can write to the broker run code.

@@ -15,6 +15,7 @@ from scoring.capability import check_capabilities
 from scoring.engine import BatchScorer
 from scoring.keys import Keys
 from scoring.settings import get_settings
+from scoring.status import SCORE_QUEUE
 from scoring.store import (
     Entry,
     chunked,
@@ -47,6 +48,21 @@ def data_client() -> redis.Redis:
         _scorer = None
         _group_ready = False
     return _client
+
+
+_broker: redis.Redis | None = None
+_broker_pid: int | None = None
+
+
+def _score_backlog() -> int:
+    """Return the number of scoring tasks waiting in the broker's queue."""
+    global _broker, _broker_pid
+    if _broker is None or _broker_pid != os.getpid():
+        from tasks.celeryconfig import broker_url  # resolved once per process, like the data URL
+
+        _broker = connect(broker_url)
+        _broker_pid = os.getpid()
+    return int(_broker.llen(SCORE_QUEUE))
 
 
 def scorer() -> BatchScorer:
@@ -120,15 +136,22 @@ def drain() -> dict[str, int]:
     deadline = started + settings.drain_budget_s
     read_size = settings.batch_size * 10
 
-    try:
-        claimed, deleted = reclaim(client, keys, consumer, int(settings.reclaim_idle_s * 1000), read_size)
-    except redis.ResponseError as error:
-        if not str(error).startswith("NOGROUP"):
-            raise
-        # Deleting the stream deletes its group too, and without a new group every later drain fails.
-        log.warning("consumer group %r of stream %r is missing (%s); creating it again", keys.consumer_group, keys.stream, error)
-        ensure_group(client, keys)
-        claimed, deleted = reclaim(client, keys, consumer, int(settings.reclaim_idle_s * 1000), read_size)
+    # While scoring tasks wait in the broker, their entries look idle to XAUTOCLAIM although they
+    # are on their way; reclaiming them then would resend the whole backlog at every tick.
+    backlog = _score_backlog()
+    if backlog:
+        claimed, deleted = [], []
+        log.debug("reclaim skipped: %d scoring tasks are queued", backlog)
+    else:
+        try:
+            claimed, deleted = reclaim(client, keys, consumer, int(settings.reclaim_idle_s * 1000), read_size)
+        except redis.ResponseError as error:
+            if not str(error).startswith("NOGROUP"):
+                raise
+            # Deleting the stream deletes its group too, and without a new group every later drain fails.
+            log.warning("consumer group %r of stream %r is missing (%s); creating it again", keys.consumer_group, keys.stream, error)
+            ensure_group(client, keys)
+            claimed, deleted = reclaim(client, keys, consumer, int(settings.reclaim_idle_s * 1000), read_size)
     record_lost(client, keys, deleted)
     if claimed:
         log.warning("reclaimed %d entries idle over %.0f s", len(claimed), settings.reclaim_idle_s)

@@ -349,3 +349,17 @@ def test_cli_history_refresh_max_users(cli_env, client, keys):
     assert "(unfinished: the next rebuild resumes it)" in status.output
     assert second.output.startswith("Resumed and rebuilt")
     assert "The run is finished" in second.output
+
+
+def test_rebuild_keeps_digest_loaded_without_window(client, keys, settings):
+    load_history(client, keys, {"user_1": [20.0] * 100}, compression=settings.tdigest_compression)
+    client.xgroup_create(keys.stream, keys.consumer_group, id="0", mkstream=True)
+    client.xadd(keys.stream, {"tx_id": "tx_1", "user_id": "user_1", "amount": "20", "ip": ""})
+    entries = [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for _s, es in client.xreadgroup(keys.consumer_group, "t", {keys.stream: ">"}) for i, f in es]
+    BatchScorer(client, settings).score(entries)
+
+    rebuild_histories(client, keys, settings)
+
+    info = client.execute_command("TDIGEST.INFO", keys.history("user_1"))
+    observations = dict(zip(info[::2], info[1::2]))[b"Observations"]
+    assert observations == 101

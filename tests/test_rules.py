@@ -74,3 +74,10 @@ def test_nan_quantile_never_recorded():
     verdict = score(10.0, "1.2.3.4", False, History(10, None), PARAMS)
     assert verdict.quantile is None
     assert verdict.threshold is None
+
+
+def test_overflowing_threshold_abstains():
+    vote, reason, threshold = amount_rule(1.7e308, History(10, 1e308), PARAMS)
+    assert vote == 0
+    assert reason == Rule.INSUFFICIENT_HISTORY
+    assert threshold is None

@@ -220,3 +220,16 @@ def test_environment_sets_values(monkeypatch):
     assert settings.cold_start_policy is ColdStartPolicy.FLAG
     assert settings.learn_from_approved is False
     assert settings.multiplier == 3.0
+
+
+@pytest.mark.parametrize("name", ["RISK_MULTIPLIER", "RISK_RECLAIM_IDLE_S", "RISK_HISTORY_WINDOW_DAYS"])
+def test_infinite_value_is_invalid(monkeypatch, name):
+    monkeypatch.setenv(name, "inf")
+    with pytest.raises(ConfigurationError, match=name):
+        load_settings()
+
+
+def test_malformed_json_names_field(monkeypatch):
+    monkeypatch.setenv("RISK_BLOCKLIST_SOURCES", "[{")
+    with pytest.raises(ConfigurationError, match="blocklist_sources"):
+        load_settings()

@@ -601,3 +601,33 @@ def test_load_history_replace(client, keys):
     assert observations(client, keys, "user_1") == 2
     assert float(client.execute_command("TDIGEST.MIN", keys.history("user_1"))) == 1000.0
     assert observations(client, keys, "user_2") == 1
+
+
+def test_corrected_resend_replaces_invalid(client, keys, settings):
+    add_history(client, keys, "user_1", USER_1_AMOUNTS)
+    scorer = BatchScorer(client, settings)
+    add_entries(client, keys, [tx("tx_1", amount="$99")])
+    scorer.score(read_all(client, keys))
+    add_entries(client, keys, [tx("tx_1", amount="99")])
+
+    result = scorer.score(read_all(client, keys))
+
+    fields = tx_hash(client, keys, "tx_1")
+    assert result.statuses == {"scored": 1}
+    assert fields["outcome"] == "approved"
+    assert fields["status"] == "Approved"
+    assert "detail" not in fields
+    assert "duplicates" not in fields
+
+
+def test_invalid_resend_after_outcome_is_duplicate(client, keys, settings):
+    add_history(client, keys, "user_1", USER_1_AMOUNTS)
+    scorer = BatchScorer(client, settings)
+    add_entries(client, keys, [tx("tx_1", amount="99")])
+    scorer.score(read_all(client, keys))
+    add_entries(client, keys, [tx("tx_1", amount="$99")])
+
+    result = scorer.score(read_all(client, keys))
+
+    assert result.statuses == {"duplicate": 1}
+    assert tx_hash(client, keys, "tx_1")["outcome"] == "approved"
