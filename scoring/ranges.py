@@ -17,6 +17,7 @@ end is checked here, in Python, so one lookup costs one command.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
@@ -59,6 +60,8 @@ RESERVED_NETWORKS: tuple[str, ...] = (
 )
 
 
+# Real traffic repeats addresses, and parsing is a large share of a batch's client time.
+@functools.lru_cache(maxsize=65_536)
 def address_interval(text: str) -> Interval:
     """Return the one-address interval of a canonical address (see scoring.addresses.canonical_ip)."""
     address = ipaddress.ip_address(text)
