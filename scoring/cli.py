@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -43,6 +45,17 @@ def default_concurrency() -> int:
     """Return worker processes for local runs: one per core, plus one for the drain, which spends
     most of its time waiting on the stream."""
     return (os.cpu_count() or 1) + 1
+
+
+def isolated_env(settings: Settings, data_url: str, broker_url: str) -> dict[str, str]:
+    """Return the environment of a demo's or replay's own worker and beat: the same server and
+    keys as `stack_env`, with the scheduled list refresh and history rebuild off, so that they
+    score only what the command loaded."""
+    return {
+        **stack_env(settings, data_url, broker_url),
+        "RISK_BLOCKLIST_REFRESH_SCHEDULE": "off",
+        "RISK_HISTORY_REFRESH_SCHEDULE": "off",
+    }
 
 
 def stack_env(settings: Settings, data_url: str, broker_url: str) -> dict[str, str]:
@@ -101,7 +114,7 @@ def demo(timeout_s: float) -> None:
         ensure_group(client, keys)
         click.echo(f"Seeded 3 user histories, {len(demo_scenario.BAD_IPS)} bad IPs and 4 transactions.")
         with tempfile.TemporaryDirectory(prefix="riskscore-demo-") as workdir:
-            with Stack(env=stack_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
+            with Stack(env=isolated_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
                 stack.start_worker(concurrency=default_concurrency())
                 stack.start_beat()
                 click.echo("Started a Celery worker and beat; waiting for the drain to score the stream...")
@@ -122,6 +135,33 @@ def demo(timeout_s: float) -> None:
     if problems:
         raise click.ClickException("outcomes differ from the prototype:\n" + "\n".join(problems))
     click.echo("\nOutcomes match the prototype: tx_1001 Approved, tx_1002 risk 1, tx_1003 Approved, tx_1004 risk 1.")
+
+
+@contextmanager
+def single_run(data_dir: Path) -> Iterator[None]:
+    """Hold `data_dir/run.lock` while `riskscore run` runs; raise if another run holds it.
+
+    A second run would start a second beat on the same schedule file and a second Flower on the
+    same port.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(data_dir / "run.lock", "a+") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            raise click.ClickException(
+                f"riskscore run is already running with data folder {data_dir} (pid {holder}); stop it first"
+            ) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _flower_password(settings: Settings) -> tuple[str, str]:
@@ -151,11 +191,11 @@ def run(concurrency: int | None, flower: bool, loglevel: str) -> None:
     """Run the whole local stack in the foreground: server, worker, beat and Flower.
 
     A worker, beat or Flower that exits is started again, up to 5 times in 5 minutes each.
-    Ctrl-C stops beat, then the worker (after its running tasks), then Flower and the server.
+    Ctrl-C stops Flower, beat, then the worker (after its running tasks), and then the server.
     """
     settings = get_settings()
     keys = Keys.from_settings(settings)
-    with connected(settings) as (client, data_url, broker_url):
+    with single_run(settings.data_dir), connected(settings) as (client, data_url, broker_url):
         ensure_group(client, keys)
         where = "embedded server" if settings.redis_url is None else "configured server"
         click.echo(f"Using the {where}; stream {keys.stream!r}, consumer group {keys.consumer_group!r}.")
@@ -178,8 +218,11 @@ def run(concurrency: int | None, flower: bool, loglevel: str) -> None:
                     click.echo(f"{child.name} had exited; started it again (pid {child.process.pid}).", err=True)
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            click.echo("\nStopping...")
+            click.echo("\nStopping (the worker finishes its running tasks first)...")
         finally:
+            # A second Ctrl-C must not abandon half-stopped children; stop() kills any child that
+            # has not exited within its timeout.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             stack.stop()
     click.echo("Stopped.")
 
@@ -294,7 +337,9 @@ def replay(
     if not rows:
         raise click.ClickException(f"{transactions}: no rows")
     columns = set().union(*(row.keys() for row in rows))
-    unknown = [column for column in [*mapping.values(), *carried] if column not in columns]
+    # tx_id and ip may be absent (row numbers and unknown IPs stand in); user_id and amount may not.
+    needed = [mapping.get(name, name) for name in ("user_id", "amount")]
+    unknown = [column for column in dict.fromkeys([*needed, *mapping.values(), *carried]) if column not in columns]
     if unknown:
         raise click.ClickException(
             f"{transactions}: no column {', '.join(map(repr, unknown))}; the columns are {', '.join(map(repr, sorted(columns)))}"
@@ -321,7 +366,7 @@ def replay(
             )
             ensure_group(client, keys)
             with tempfile.TemporaryDirectory(prefix="riskscore-replay-") as workdir:
-                with Stack(env=stack_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
+                with Stack(env=isolated_env(settings, data_url, broker_url), workdir=Path(workdir), log_dir=Path(workdir)) as stack:
                     stack.start_worker(concurrency=concurrency or default_concurrency())
                     stack.start_beat()
                     started = time.monotonic()
@@ -473,12 +518,36 @@ def _print_status(report: dict[str, object]) -> None:
     assert isinstance(history, dict)
     state = history["state"] or {}
     click.echo(f"history rebuild   last finished {state.get('last_finished_at', 'never')}{' (running)' if history['running'] else ''}")
-    click.echo(f"broker queues     {report['broker_queues']}")
+    queues = report["broker_queues"]
+    assert isinstance(queues, dict)
+    click.echo(f"broker queues     {queues['score']:,} scoring tasks, {queues['drain']:,} drain tasks waiting")
     workers = report["workers"]
     click.echo(f"workers           {', '.join(workers) if workers else 'none answered'}")  # type: ignore[arg-type]
     problems = report["problems"]
     assert isinstance(problems, list)
     click.echo("health            " + ("ok" if not problems else "PROBLEMS:\n  - " + "\n  - ".join(problems)))
+
+
+@cli.command()
+@click.argument("fields", nargs=-1, required=True, metavar="FIELD=VALUE...")
+def add(fields: tuple[str, ...]) -> None:
+    """Add one transaction to the stream, for example:
+
+    riskscore add tx_id=tx_1 user_id=user_1 amount=12.50 ip=88.214.48.17
+
+    The running stack scores it within about a second; `riskscore show TX_ID` prints the outcome.
+    """
+    entry: dict[str, str] = {}
+    for item in fields:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected FIELD=VALUE, got {item!r}", param_hint="FIELDS")
+        entry[name] = value
+    settings = get_settings()
+    keys = Keys.from_settings(settings)
+    with connected(settings) as (client, _data_url, _broker_url):
+        entry_id = client.xadd(keys.stream, entry)
+    click.echo(f"Added entry {entry_id.decode()} to stream {keys.stream!r}.")
 
 
 @cli.command()
@@ -491,8 +560,9 @@ def show(tx_id: str) -> None:
         fields = client.hgetall(keys.transaction(tx_id))
     if not fields:
         raise click.ClickException(f"no transaction {tx_id!r} (key {keys.transaction(tx_id)!r} does not exist)")
+    width = max(len(name) for name in fields)
     for name, value in sorted(fields.items()):
-        click.echo(f"{name.decode(errors='replace'):15} {value.decode(errors='replace')}")
+        click.echo(f"{name.decode(errors='replace'):{width}}  {value.decode(errors='replace')}")
 
 
 cli.add_command(blocklist)

@@ -96,6 +96,8 @@ class BatchScorer:
         ]
         transactions = [item for item in parsed if isinstance(item, Transaction)]
         checked_ips = [tx.ip for tx in transactions if tx.ip is not None]
+        # NOTE: histories are read once per batch, so a user's approved amount learned earlier in
+        # the same batch does not count for their later transactions in it.
         state = read_batch(self.client, self.keys, checked_ips, (tx.user_id for tx in transactions), settings.quantile)
 
         scored_at = utc_now_iso()

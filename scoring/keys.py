@@ -60,6 +60,20 @@ class Keys:
     def dead_letter(self) -> str:
         return f"{self.prefix}:dead_letter"
 
+    # Celery queues carry the key prefix too, so a replay or the demo on the same broker never
+    # takes the live pipeline's tasks, nor the live workers theirs.
+    @property
+    def score_queue(self) -> str:
+        return f"{self.prefix}.score"
+
+    @property
+    def drain_queue(self) -> str:
+        return f"{self.prefix}.drain"
+
+    @property
+    def maintenance_queue(self) -> str:
+        return f"{self.prefix}.maintenance"
+
     @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"

@@ -14,9 +14,6 @@ from scoring.keys import Keys
 from scoring.model import decode_text
 from scoring.settings import Settings
 
-# Broker queues of the Celery app, used by tasks.celeryconfig.
-SCORE_QUEUE = "riskscore.score"
-DRAIN_QUEUE = "riskscore.drain"
 
 
 def _text(value: object) -> str:
@@ -99,7 +96,9 @@ def collect_status(
     report["history_rebuild"] = {"state": history["state"], "running": history["running"] is not None}
 
     report["broker_queues"] = (
-        {queue: int(broker.llen(queue)) for queue in (SCORE_QUEUE, DRAIN_QUEUE)} if broker is not None else None
+        {"score": int(broker.llen(keys.score_queue)), "drain": int(broker.llen(keys.drain_queue))}
+        if broker is not None
+        else None
     )
     report["workers"] = workers
     report["problems"] = find_problems(report, settings)
@@ -119,8 +118,8 @@ def find_problems(report: dict[str, Any], settings: Settings) -> list[str]:
         # Beat sends a drain every interval. When drains pile up in the broker, beat is alive but
         # no worker takes tasks, as with a worker that reconnected after a broker restart and
         # never consumes again.
-        if queues.get(DRAIN_QUEUE, 0) > 0:
-            problems.append(f"{last_drain}, but {queues[DRAIN_QUEUE]} drain tasks are queued: workers are not consuming")
+        if queues.get("drain", 0) > 0:
+            problems.append(f"{last_drain}, but {queues['drain']} drain tasks are queued: workers are not consuming")
         elif drain is None:
             problems.append("no drain has run yet: is a beat process running?")
         else:
@@ -133,9 +132,9 @@ def find_problems(report: dict[str, Any], settings: Settings) -> list[str]:
         )
 
     last_write_age = report.get("last_write_age_s")
-    if queues.get(SCORE_QUEUE, 0) > 0 and (last_write_age is None or last_write_age > stale_after_s):
+    if queues.get("score", 0) > 0 and (last_write_age is None or last_write_age > stale_after_s):
         problems.append(
-            f"{queues[SCORE_QUEUE]} scoring tasks are queued but nothing was written for "
+            f"{queues['score']} scoring tasks are queued but nothing was written for "
             f"{'ever' if last_write_age is None else f'{last_write_age:.0f} s'}: workers are not consuming"
         )
     workers = report.get("workers")

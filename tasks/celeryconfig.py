@@ -15,7 +15,7 @@ from kombu import Queue
 from scoring.embedded import resolve_running_urls
 from scoring.errors import ConfigurationError
 from scoring.settings import get_settings
-from scoring.status import DRAIN_QUEUE, SCORE_QUEUE
+from scoring.keys import Keys
 from tasks.schedules import maintenance_entry
 
 
@@ -44,7 +44,10 @@ _settings = get_settings()
 check_flower_auth(sys.argv, os.environ, _settings.flower_allow_no_auth)
 _data_url, broker_url = resolve_running_urls(_settings)
 
-MAINTENANCE_QUEUE = "riskscore.maintenance"
+_keys = Keys.from_settings(_settings)
+SCORE_QUEUE = _keys.score_queue
+DRAIN_QUEUE = _keys.drain_queue
+MAINTENANCE_QUEUE = _keys.maintenance_queue
 
 # Only JSON crosses the broker: pickle would let anyone who can write to the broker run code.
 task_serializer = "json"

@@ -15,7 +15,6 @@ from scoring.capability import check_capabilities
 from scoring.engine import BatchScorer
 from scoring.keys import Keys
 from scoring.settings import get_settings
-from scoring.status import SCORE_QUEUE
 from scoring.store import (
     Entry,
     chunked,
@@ -62,7 +61,7 @@ def _score_backlog() -> int:
 
         _broker = connect(broker_url)
         _broker_pid = os.getpid()
-    return int(_broker.llen(SCORE_QUEUE))
+    return int(_broker.llen(Keys.from_settings(get_settings()).score_queue))
 
 
 def scorer() -> BatchScorer:

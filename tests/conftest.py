@@ -44,5 +44,5 @@ def shared_data() -> Path:
     """The folder of real public data sets, which sits next to the repository."""
     path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not path.is_dir():
-        pytest.skip("../shared/data is absent: the real public data sets are only in the project workspace and CI")
+        pytest.skip(f"real public data sets not found at {path}")
     return path

@@ -8,11 +8,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from scoring.cli import cli
+from scoring.cli import cli, single_run
 from scoring.embedded import ServerInfo
 from scoring.settings import get_settings
 
@@ -181,10 +182,11 @@ def test_show_prints_hash(cli_env, redis_client):
     result = invoke(cli_env, "show", "tx_1")
 
     assert result.exit_code == 0, result.output
+    # Names are padded to the longest name, here risk_score (10 characters), plus two spaces.
     assert result.stdout.splitlines() == [
-        f"{'outcome':15} approved",
-        f"{'risk_score':15} 0",
-        f"{'user_id':15} u1",
+        "outcome     approved",
+        "risk_score  0",
+        "user_id     u1",
     ]
 
 
@@ -232,3 +234,36 @@ def test_invalid_url_secret_never_printed(cli_env):
     assert completed.returncode == 1
     assert "RISK_REDIS_URL" in completed.stderr
     assert "hunter2-secret" not in completed.stderr
+
+
+def test_add_puts_entry_on_stream(cli_env, redis_client):
+    result = invoke(cli_env, "add", "tx_id=tx_9", "user_id=u1", "amount=12.50", "ip=88.214.48.17")
+
+    assert result.exit_code == 0, result.output
+    entries = redis_client.xrange("transactions")
+    assert len(entries) == 1
+    assert entries[0][1] == {b"tx_id": b"tx_9", b"user_id": b"u1", b"amount": b"12.50", b"ip": b"88.214.48.17"}
+
+
+def test_add_rejects_item_without_equals(cli_env, redis_client):
+    result = invoke(cli_env, "add", "tx_id")
+
+    assert result.exit_code == 2
+    assert "expected FIELD=VALUE" in result.output
+
+
+def test_second_run_is_refused(tmp_path):
+    with single_run(tmp_path):
+        with pytest.raises(click.ClickException, match="already running"):
+            with single_run(tmp_path):
+                pass
+
+
+def test_replay_without_user_column_fails_early(cli_env, tmp_path):
+    transactions = write(tmp_path / "t.csv", "a,b\n1,2\n")
+
+    result = invoke(cli_env, "replay", str(transactions))
+
+    assert result.exit_code == 1
+    assert "no column 'user_id', 'amount'" in result.output
+    assert not (tmp_path / "t.outcomes.csv").exists()

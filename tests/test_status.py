@@ -18,7 +18,7 @@ from scoring.cli import stack_env
 from scoring.embedded import ServerInfo
 from scoring.settings import load_settings
 from scoring.stack import Stack, celery_command
-from scoring.status import DRAIN_QUEUE, SCORE_QUEUE, find_problems
+from scoring.status import find_problems
 
 SETTINGS = load_settings(drain_interval_s=1.0, reclaim_idle_s=60.0)
 
@@ -28,7 +28,7 @@ def report(drain_age_s: float | None, drain_queue: int = 0, score_queue: int = 0
     return {
         "drain": None if drain_age_s is None else {"age_s": drain_age_s},
         "group": None,
-        "broker_queues": {DRAIN_QUEUE: drain_queue, SCORE_QUEUE: score_queue},
+        "broker_queues": {"drain": drain_queue, "score": score_queue},
         "last_write_age_s": 1.0,
         "workers": ["worker@host"],
     }
@@ -87,7 +87,7 @@ def test_status_reports_worker_that_consumes_nothing(
         )
         stack.start_beat()
         deadline = time.monotonic() + 60
-        while broker.llen(DRAIN_QUEUE) < 3 or "ready." not in worker.log_path.read_text(errors="replace"):  # type: ignore[union-attr]
+        while broker.llen(f"{prefix}.drain") < 3 or "ready." not in worker.log_path.read_text(errors="replace"):  # type: ignore[union-attr]
             stack.check_alive()
             assert time.monotonic() < deadline, "beat sent no drains or the worker did not start within 60 s"
             time.sleep(0.2)

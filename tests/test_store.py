@@ -631,3 +631,10 @@ def test_invalid_resend_after_outcome_is_duplicate(client, keys, settings):
 
     assert result.statuses == {"duplicate": 1}
     assert tx_hash(client, keys, "tx_1")["outcome"] == "approved"
+
+
+def test_queues_carry_key_prefix():
+    keys = Keys(prefix="riskscore-replay-1", stream="s", consumer_group="g")
+    assert keys.score_queue == "riskscore-replay-1.score"
+    assert keys.drain_queue == "riskscore-replay-1.drain"
+    assert keys.maintenance_queue == "riskscore-replay-1.maintenance"
