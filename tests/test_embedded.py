@@ -777,8 +777,9 @@ def test_ctrl_c_reaches_owner_not_server(tmp_path: Path) -> None:
         from scoring.embedded import EmbeddedServer
 
         with EmbeddedServer(Path({str(data_dir)!r})) as info:
-            print(json.dumps({{"pid": info.pid}}), flush=True)
+            # The pid is printed inside the try: SIGINT can arrive as soon as the test reads it.
             try:
+                print(json.dumps({{"pid": info.pid}}), flush=True)
                 time.sleep(120)
             except KeyboardInterrupt:
                 print("interrupted", flush=True)
