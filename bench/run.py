@@ -252,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bad-ips", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=None, help="RISK_BATCH_SIZE for the pipeline.")
     parser.add_argument("--concurrency", type=int, default=None, help="Worker processes (default: cores + 1).")
+    parser.add_argument("--prefetch", type=int, default=None, help="Worker prefetch multiplier (default: the app's 4).")
     parser.add_argument("--rates", default="1000,3000,10000", help="Offered loads in tx/s, comma-separated.")
     parser.add_argument("--seconds", type=float, default=10.0, help="Duration of each fixed-rate run.")
     parser.add_argument("--max-transactions", type=int, default=100_000, help="Transactions in the maximum-throughput run.")
@@ -276,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "users": args.users,
         "bad_ips": args.bad_ips,
         "concurrency": concurrency,
+        "prefetch_multiplier": args.prefetch or 4,
     }
 
     with tempfile.TemporaryDirectory(prefix="riskscore-bench-") as workdir, EmbeddedServer(None, ephemeral=True) as server:
@@ -300,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ensure_group(client, keys)
         stack = Stack(env={**stack_env(settings, url, server.url(1)), "RISK_BATCH_SIZE": str(settings.batch_size)}, workdir=Path(workdir), log_dir=Path(workdir))
         with stack:
-            stack.start_worker(concurrency=concurrency, loglevel="WARNING")
+            extra = ("--prefetch-multiplier", str(args.prefetch)) if args.prefetch else ()
+            stack.start_worker(concurrency=concurrency, loglevel="WARNING", extra=extra)
             stack.start_beat(loglevel="WARNING")
             pids = [child.process.pid for child in stack.children] + [server.pid]
             warmup = transactions(data, 500, "warmup", 3)

@@ -68,11 +68,14 @@ class Stack:
         log.info("started %s pid=%d", name, process.pid)
         return child
 
-    def start_worker(self, concurrency: int, loglevel: str = "INFO", name: str | None = None) -> Child:
+    def start_worker(
+        self, concurrency: int, loglevel: str = "INFO", name: str | None = None, extra: tuple[str, ...] = ()
+    ) -> Child:
+        """Start a Celery worker; `extra` are further `celery worker` options."""
         node = f"{name or 'worker'}-{uuid.uuid4().hex[:6]}@%h"
         return self.start(
             name or "worker",
-            celery_command("worker", "--loglevel", loglevel, "--concurrency", str(concurrency), "-n", node),
+            celery_command("worker", "--loglevel", loglevel, "--concurrency", str(concurrency), "-n", node, *extra),
         )
 
     def start_beat(self, loglevel: str = "INFO") -> Child:
