@@ -137,6 +137,10 @@ def demo(timeout_s: float) -> None:
     click.echo("\nOutcomes match the prototype: tx_1001 Approved, tx_1002 risk 1, tx_1003 Approved, tx_1004 risk 1.")
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @contextmanager
 def single_run(data_dir: Path) -> Iterator[None]:
     """Hold `data_dir/run.lock` while `riskscore run` runs; raise if another run holds it.
@@ -195,6 +199,10 @@ def run(concurrency: int | None, flower: bool, loglevel: str) -> None:
     """
     settings = get_settings()
     keys = Keys.from_settings(settings)
+    # SIGTERM (systemd, docker stop, kill) stops the stack like Ctrl-C. SIGINT gets Python's handler
+    # back, because a background job of a non-interactive shell starts with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     with single_run(settings.data_dir), connected(settings) as (client, data_url, broker_url):
         ensure_group(client, keys)
         where = "embedded server" if settings.redis_url is None else "configured server"

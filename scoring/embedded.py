@@ -338,7 +338,7 @@ def _free_port() -> int:
         return port
 
 
-def _parent_death_hook() -> Callable[[], None] | None:
+def parent_death_hook() -> Callable[[], None] | None:
     """Return a function for Popen's preexec_fn that makes the child get SIGTERM when we exit.
 
     Linux sends the signal when the thread that started the child exits, so the hook is used only
@@ -582,7 +582,7 @@ class EmbeddedServer:
                 stdout=log_handle,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_parent_death_hook(),
+                preexec_fn=parent_death_hook(),
             )
 
     def _wait_until_ready(

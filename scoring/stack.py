@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scoring.embedded import parent_death_hook
 from scoring.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ class Stack:
     """Starts and stops a set of Celery processes sharing one environment.
 
     Children run in their own session, so Ctrl-C in the terminal reaches only the parent command,
-    which then stops them in order: beat first (no new drains), then workers (a warm shutdown
-    finishes running tasks), then Flower.
+    which then stops them in reverse start order: for `riskscore run` Flower, beat (no new
+    drains), then the worker (a warm shutdown finishes running tasks).
     """
 
     env: Mapping[str, str]
@@ -60,6 +61,9 @@ class Stack:
             stderr=subprocess.STDOUT if output else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # The child gets SIGTERM (a warm shutdown for a worker) if this process dies without
+            # stopping it, for example when it is killed.
+            preexec_fn=parent_death_hook(),
         )
         if output:
             output.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -267,3 +268,38 @@ def test_replay_without_user_column_fails_early(cli_env, tmp_path):
     assert result.exit_code == 1
     assert "no column 'user_id', 'amount'" in result.output
     assert not (tmp_path / "t.outcomes.csv").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_run_stops_cleanly_on_signal(tmp_path, signum):
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RISK_")}
+    env["RISK_DATA_DIR"] = str(tmp_path / "data")
+    # A background job of a non-interactive shell starts with SIGINT ignored; run must still stop.
+    run = subprocess.Popen(
+        [RISKSCORE, "run", "--no-flower"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            if line.startswith("Running."):
+                break
+        run.send_signal(signum)
+        output = run.stdout.read()
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        if run.stdout is not None:
+            run.stdout.close()
+    assert "Stopped." in output
+    assert not (tmp_path / "data" / "server.json").exists()
+    with single_run(tmp_path / "data"):
+        pass
