@@ -91,7 +91,7 @@ def seed_server(client: redis.Redis, keys: Keys, settings: Settings, data: DataS
 
 
 def bench_prototype(client: redis.Redis, keys: Keys, txs: Sequence[dict[str, str]], settings: Settings) -> dict[str, float]:
-    """The notebook's loop: per transaction BF.EXISTS, TDIGEST.QUANTILE and HSET, one after another."""
+    """Run the notebook's loop: per transaction BF.EXISTS, TDIGEST.QUANTILE and HSET, one after another."""
     started = time.perf_counter()
     for tx in txs:
         listed = client.execute_command("BF.EXISTS", keys.blocklist, tx["ip"])
@@ -104,8 +104,8 @@ def bench_prototype(client: redis.Redis, keys: Keys, txs: Sequence[dict[str, str
 
 
 def bench_pipelined(client: redis.Redis, txs: Sequence[dict[str, str]], settings: Settings, batch: int) -> dict[str, float]:
-    """The same work as a worker, in one process with no Celery: read a batch from the consumer
-    group, score it (one read pipeline, one write script), repeat."""
+    """Run a worker's work in one process with no Celery: read a batch from the consumer group,
+    score it (one read pipeline, one write script), and repeat."""
     keys = Keys.from_settings(settings)
     _add_all(client, keys, txs)
     ensure_group(client, keys)

@@ -143,7 +143,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 @contextmanager
 def single_run(data_dir: Path) -> Iterator[None]:
-    """Hold `data_dir/run.lock` while `riskscore run` runs; raise if another run holds it.
+    """Hold `data_dir/run.lock` while `riskscore run` runs; raise if another run has it locked.
 
     A second run would start a second beat on the same schedule file and a second Flower on the
     same port.
