@@ -26,7 +26,7 @@ from scoring import replay as replay_mod
 from scoring.embedded import find_running, redis_urls, resolve_running_urls
 from scoring.errors import RiskscoreError
 from scoring.keys import Keys
-from scoring.lists import ListFormat, guess_format, read_blocklist, read_history
+from scoring.lists import ListFormat, count, guess_format, read_blocklist, read_history
 from scoring.loads import load_blocklist, load_history
 from scoring.settings import Settings, get_settings, load_settings
 from scoring.stack import Stack, wait_until
@@ -267,7 +267,9 @@ def load_blocklist_command(files: tuple[Path, ...], fmt: str | None, min_count: 
                     progress=bar.update,
                 )
             click.echo(f"{path} ({list_format.value}): {parsed.summary()}")
-            click.echo(f"  {added} addresses new to the filter; {len(parsed.networks)} ranges skipped (CIDR)")
+            click.echo(f"  {count(added, 'address', 'addresses')} new to the filter; {count(len(parsed.networks), 'range')} skipped (CIDR)")
+            if parsed.networks:
+                click.echo(f"  `riskscore blocklist refresh --source {path}` loads the ranges too.")
 
 
 @cli.command("load-history")

@@ -72,9 +72,10 @@ class BlocklistParse:
     def summary(self) -> str:
         """Describe the counts in one line, followed by one line per invalid example."""
         text = (
-            f"{len(self.addresses)} addresses and {len(self.networks)} networks from {self.lines} lines "
-            f"({self.comments} comments, {self.blank} blank, {self.duplicates} duplicates, "
-            f"{self.below_min_count} below the minimum count, {self.invalid} invalid)"
+            f"{count(len(self.addresses), 'address', 'addresses')} and {count(len(self.networks), 'network')} "
+            f"from {count(self.lines, 'line')} ({count(self.comments, 'comment')}, {self.blank} blank, "
+            f"{count(self.duplicates, 'duplicate')}, {self.below_min_count} below the minimum count, "
+            f"{self.invalid} invalid)"
         )
         return text + _describe_examples(self.invalid, self.invalid_examples, "lines")
 
@@ -98,12 +99,24 @@ class HistoryParse:
     def summary(self) -> str:
         """Describe the counts in one line, followed by one line per invalid example."""
         amounts = sum(len(values) for values in self.amounts_by_user.values())
-        text = f"{amounts} amounts for {len(self.amounts_by_user)} users from {self.rows} rows ({self.invalid} invalid)"
+        text = (
+            f"{count(amounts, 'amount')} for {count(len(self.amounts_by_user), 'user')} "
+            f"from {count(self.rows, 'row')} ({self.invalid} invalid)"
+        )
         return text + _describe_examples(self.invalid, self.invalid_examples, "rows")
 
 
+def count(number: int, singular: str, plural: str | None = None) -> str:
+    """Return `number` with the singular or plural noun, such as "1 line" or "2 lines"."""
+    return f"{number:,} {singular if number == 1 else plural or singular + 's'}"
+
+
 def _describe_examples(invalid: int, examples: list[tuple[int, str, str]], noun: str) -> str:
-    text = "".join(f"\n  line {number}: {reason}: {line!r}" for number, line, reason in examples)
+    text = "".join(
+        # Most reasons already quote the offending value; the whole line is added only when it tells more.
+        f"\n  line {number}: {reason}" + ("" if repr(line.strip()) in reason else f": {line!r}")
+        for number, line, reason in examples
+    )
     if invalid > len(examples):
         text += f"\n  ... and {invalid - len(examples)} more invalid {noun}"
     return text

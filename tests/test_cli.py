@@ -71,10 +71,10 @@ def test_load_blocklist_plain(cli_env, redis_client, tmp_path):
     result = invoke(cli_env, "load-blocklist", "--format", "plain", str(blocklist))
 
     assert result.exit_code == 0, result.output
-    assert "(plain): 2 addresses and 1 networks from 6 lines" in result.output
-    assert "1 duplicates" in result.output
+    assert "(plain): 2 addresses and 1 network from 6 lines" in result.output
+    assert "1 duplicate" in result.output
     assert "1 invalid" in result.output
-    assert "2 addresses new to the filter; 1 ranges skipped (CIDR)" in result.output
+    assert "2 addresses new to the filter; 1 range skipped (CIDR)" in result.output
     assert bf_exists(redis_client, "192.0.2.1")
     assert bf_exists(redis_client, "192.0.2.2")
     assert not bf_exists(redis_client, "198.51.100.1")
@@ -87,7 +87,7 @@ def test_load_blocklist_guesses_netset(cli_env, redis_client, tmp_path):
 
     assert result.exit_code == 0, result.output
     assert "(netset)" in result.output
-    assert "1 addresses new to the filter; 2 ranges skipped (CIDR)" in result.output
+    assert "1 address new to the filter; 2 ranges skipped (CIDR)" in result.output
 
 
 def test_load_blocklist_ipsum_min_count(cli_env, redis_client, tmp_path):

@@ -155,8 +155,8 @@ def test_invalid_example_line_shortened():
 def test_summary_lists_counts_and_examples():
     lines = [f"bad{i}\n" for i in range(12)] + ["# c\n", "1.2.3.4\n", "10.0.0.0/8\n"]
     summary = parse_blocklist(lines, ListFormat.netset).summary()
-    assert summary.startswith("1 addresses and 1 networks from 15 lines")
-    assert "1 comments" in summary
+    assert summary.startswith("1 address and 1 network from 15 lines")
+    assert "1 comment" in summary
     assert "12 invalid" in summary
     assert "line 1: not an IP address: 'bad0'" in summary
     assert "... and 2 more invalid lines" in summary
@@ -389,7 +389,7 @@ def test_history_empty_input_rejected():
 def test_history_summary():
     parsed = parse_history(["user_id,amount\n", "u1,1\n", "u1,2\n", "u2,x\n"])
     summary = parsed.summary()
-    assert summary.startswith("2 amounts for 1 users from 3 rows (1 invalid)")
+    assert summary.startswith("2 amounts for 1 user from 3 rows (1 invalid)")
     assert "line 4: amount is not a plain decimal number: 'x': 'u2,x'" in summary
 
 
