@@ -440,12 +440,12 @@ def _wait_for_outcomes(client: redis.Redis, keys: Keys, total: int, timeout_s: f
 
 def _print_summary(summary: replay_mod.Summary, elapsed_s: float, out_path: Path, kept_prefix: str | None) -> None:
     click.echo(f"\n{summary.rows} rows scored in {elapsed_s:.1f} s ({summary.rows / elapsed_s:,.0f} rows/s, including worker start-up)")
-    for outcome, count in summary.outcomes.most_common():
-        click.echo(f"  {outcome:12} {count:8,}")
+    for outcome, rows in summary.outcomes.most_common():
+        click.echo(f"  {outcome:12} {rows:8,}")
     if summary.reasons:
         click.echo("Reasons:")
-        for reason, count in summary.reasons.most_common():
-            click.echo(f"  {reason:24} {count:8,}")
+        for reason, rows in summary.reasons.most_common():
+            click.echo(f"  {reason:24} {rows:8,}")
     if summary.confusion:
         c = summary.confusion
         frauds = c["fraud_flagged"] + c["fraud_approved"]

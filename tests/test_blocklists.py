@@ -11,7 +11,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,41 +26,9 @@ from scoring.engine import BatchResult, BatchScorer
 from scoring.keys import Keys
 from scoring.locks import SingleFlightLock
 from scoring.ranges import parse_member
-from scoring.settings import Settings, get_settings, load_settings
+from scoring.settings import Settings, get_settings
 from scoring.sources import ListSource
 from scoring.store import IpListing, connect, ensure_group, read_batch, read_new
-
-SettingsFactory = Callable[..., Settings]
-
-
-@pytest.fixture
-def make_settings(redis_server: ServerInfo, tmp_path: Path) -> SettingsFactory:
-    def make(**overrides: object) -> Settings:
-        return load_settings(redis_url=redis_server.url(0), broker_url=None, data_dir=tmp_path, **overrides)
-
-    return make
-
-
-@pytest.fixture
-def settings(make_settings: SettingsFactory) -> Settings:
-    return make_settings()
-
-
-@pytest.fixture
-def client(redis_client: redis.Redis, settings: Settings) -> Iterator[redis.Redis]:
-    """A riskscore client (RESP2, as the workers use) of the emptied session server."""
-    assert settings.redis_url is not None
-    store_client = connect(settings.redis_url.get_secret_value())
-    try:
-        yield store_client
-    finally:
-        store_client.close()
-
-
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys.from_settings(settings)
-
 
 @pytest.fixture
 def server() -> Iterator[ListServer]:

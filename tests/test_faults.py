@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,12 @@ from scoring.errors import ServerError
 from scoring.keys import Keys
 from scoring.settings import Settings
 from scoring.stack import Stack
-from scoring.store import connect, ensure_group, read_new
+from scoring.store import ensure_group, read_new
 
 SUMMARY_FIELDS = (
     "transactions", "kills", "restarts", "lost", "duplicated", "redelivered", "elapsed_s", "drained",
     "group", "worker_exits", "workers_not_consuming", "restart_checks", "events",
 )
-
-
-@pytest.fixture
-def client(redis_client: redis.Redis, settings: Settings) -> Iterator[redis.Redis]:
-    """A riskscore client (RESP2, as the workers use) of the emptied session server."""
-    assert settings.redis_url is not None
-    store_client = connect(settings.redis_url.get_secret_value())
-    try:
-        yield store_client
-    finally:
-        store_client.close()
 
 
 def observations(client: redis.Redis, key: str) -> int:

@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,42 +21,11 @@ from scoring.histories import read_state, rebuild_histories
 from scoring.keys import Keys
 from scoring.loads import load_history
 from scoring.locks import SingleFlightLock
-from scoring.settings import Settings, get_settings, load_settings
+from scoring.settings import Settings, get_settings
 from scoring.sources import ListSource
 from scoring.store import connect, ensure_group, read_new
 
 USER_AMOUNTS = [500, 520, 530, 540, 560, 560, 560, 520, 200, 520]
-SettingsFactory = Callable[..., Settings]
-
-
-@pytest.fixture
-def make_settings(redis_server: ServerInfo, tmp_path: Path) -> SettingsFactory:
-    def make(**overrides: object) -> Settings:
-        return load_settings(redis_url=redis_server.url(0), broker_url=None, data_dir=tmp_path, **overrides)
-
-    return make
-
-
-@pytest.fixture
-def settings(make_settings: SettingsFactory) -> Settings:
-    return make_settings()
-
-
-@pytest.fixture
-def client(redis_client: redis.Redis, redis_server: ServerInfo) -> Iterator[redis.Redis]:
-    """A riskscore client (RESP2, as the workers use) of the emptied session server."""
-    store_client = connect(redis_server.url(0))
-    try:
-        yield store_client
-    finally:
-        store_client.close()
-
-
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys.from_settings(settings)
-
-
 def score_fields(client: redis.Redis, settings: Settings, entries: list[dict[str, str]]) -> BatchResult:
     """Add entries to the stream, read them through the consumer group and score them in one batch."""
     keys = Keys.from_settings(settings)

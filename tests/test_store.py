@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -13,27 +12,11 @@ from scoring.engine import BatchScorer
 from scoring.keys import Keys
 from scoring.loads import load_blocklist, load_history
 from scoring.rules import History
-from scoring.settings import ColdStartPolicy, Settings
+from scoring.settings import ColdStartPolicy
 from scoring.store import Entry, connect, ensure_group, read_batch_state, read_new, reclaim, record_lost
 
 USER_1_AMOUNTS = [500, 520, 530, 540, 560, 560, 560, 520, 200, 520]
 LISTED_IP = "203.0.113.9"
-
-
-@pytest.fixture
-def client(redis_client: redis.Redis, settings: Settings) -> Iterator[redis.Redis]:
-    """A riskscore client (RESP2, as the workers use) of the emptied session server."""
-    assert settings.redis_url is not None
-    store_client = connect(settings.redis_url.get_secret_value())
-    try:
-        yield store_client
-    finally:
-        store_client.close()
-
-
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys.from_settings(settings)
 
 
 def add_entries(client: redis.Redis, keys: Keys, entries: list[dict[str, str]]) -> list[str]:
