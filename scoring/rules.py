@@ -36,7 +36,7 @@ class RuleParams:
 
 @dataclass(frozen=True)
 class History:
-    """What the user's digest returned: observation count and the quantile (None when unusable)."""
+    """A user's digest as read for one batch: observation count and the quantile (None when unusable)."""
 
     count: int
     quantile: float | None

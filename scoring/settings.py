@@ -21,7 +21,7 @@ ENV_PREFIX = "RISK_"
 
 
 class ColdStartPolicy(str, Enum):
-    """What the amount rule does for a user with too little history."""
+    """Amount rule behaviour for a user with too little history."""
 
     ABSTAIN = "abstain"
     FLAG = "flag"
